@@ -1,0 +1,89 @@
+"""The backend interface: what the daemon asks of vxlan, host-gw and udp.
+
+Shaped after Go flannel's two levels (a factory per type, a network per lease), flattened into
+one object per daemon run, driven by the daemon in this order:
+
+1. ``validate_options(options)`` (class method, pure): check ``Backend`` options of the network
+   config; used by the daemon and by ``flannelctl config set`` alike.
+2. ``prepare()``: create or reuse the fabric device (a VTEP MAC must exist before the lease is
+   written) and return the ``LeaseAttrs`` to publish.
+3. ``activate(lease)``: program what depends on the node's own lease (device address, routes).
+4. ``reconcile(peers, full)``: make the kernel match the peer set, idempotently; ``full`` observes
+   the kernel (start-up and drift pass) instead of trusting the last applied state.
+5. ``close()``: stop background work but leave the datapath in place, so pods keep talking while
+   the daemon restarts.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, ClassVar
+
+from flanneld.lease import Lease, LeaseAttrs
+from flanneld.netconfig import NetworkConfig
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    """The node's underlay interface, chosen by --iface / --iface-regex / default route."""
+
+    name: str
+    index: int
+    address: IPv4Address  # an address of the interface (local VTEP / source address)
+    public_ip: IPv4Address  # what goes into the lease (--public-ip, else ``address``)
+    mtu: int
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    ext: ExternalInterface
+    netconf: NetworkConfig
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """What one reconcile pass did: operations applied, how many repaired drift, failures."""
+
+    applied: int = 0
+    repaired: int = 0
+    failed: int = 0
+
+
+class Backend(abc.ABC):
+    """One backend instance per daemon run."""
+
+    type_name: ClassVar[str]
+    # BackendType strings of peer leases this backend programs ("" is Go's udp lease).
+    peer_types: ClassVar[frozenset[str]]
+
+    def __init__(self, ctx: BackendContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise NetworkConfigError naming ``Backend.<Option>`` for a bad option value."""
+
+    def handles(self, lease: Lease) -> bool:
+        return lease.attrs.backend_type in self.peer_types
+
+    @abc.abstractmethod
+    def mtu(self) -> int:
+        """MTU pods should use (written to subnet.env as FLANNEL_MTU)."""
+
+    @abc.abstractmethod
+    async def prepare(self) -> LeaseAttrs:
+        """Create or reuse the fabric device; return the attributes to publish in the lease."""
+
+    @abc.abstractmethod
+    async def activate(self, lease: Lease) -> None:
+        """Program what depends on the node's own lease."""
+
+    @abc.abstractmethod
+    async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
+        """Converge the datapath to ``peers`` (leases of other nodes this backend handles)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work; leave the datapath in place."""

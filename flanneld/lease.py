@@ -1,0 +1,178 @@
+"""Subnet leases: the etcd key names and the lease JSON, byte-compatible with Go flannel.
+
+Go flannel stores one key per node under ``<prefix>/subnets/<a.b.c.d>-<len>`` whose value is
+``subnet.LeaseAttrs`` marshalled by encoding/json: fields in struct order, ``PublicIPv6`` written
+as ``null`` when unset, ``BackendType``/``BackendData``/``BackendV6Data`` omitted when empty.
+Reading is case-insensitive on field names, like Go's decoder.  Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from ipaddress import (
+    AddressValueError,
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    NetmaskValueError,
+)
+from typing import Any
+
+from flanneld.errors import LeaseDecodeError
+
+DEFAULT_PREFIX = "/coreos.com/network"
+
+
+def _compact(obj: Any) -> str:
+    """JSON exactly as Go's encoding/json writes it (no spaces, key order kept)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """What a node publishes about itself in its lease value."""
+
+    public_ip: IPv4Address
+    backend_type: str = ""
+    # Compact JSON text of BackendData / BackendV6Data (Go keeps them as json.RawMessage).
+    backend_data: str = ""
+    public_ipv6: IPv6Address | None = None
+    backend_v6_data: str = ""
+
+    def backend_data_obj(self) -> dict[str, Any]:
+        """BackendData decoded; {} when absent or not a JSON object."""
+        if not self.backend_data:
+            return {}
+        obj = json.loads(self.backend_data)
+        return obj if isinstance(obj, dict) else {}
+
+    def to_json(self) -> str:
+        """The lease value exactly as Go flannel writes it."""
+        parts = [
+            f'"PublicIP":{_compact(str(self.public_ip))}',
+            '"PublicIPv6":' + (_compact(str(self.public_ipv6)) if self.public_ipv6 else "null"),
+        ]
+        if self.backend_type:
+            parts.append(f'"BackendType":{_compact(self.backend_type)}')
+        if self.backend_data:
+            parts.append(f'"BackendData":{self.backend_data}')
+        if self.backend_v6_data:
+            parts.append(f'"BackendV6Data":{self.backend_v6_data}')
+        return "{" + ",".join(parts) + "}"
+
+
+def make_backend_data(obj: dict[str, Any] | None) -> str:
+    """Compact BackendData text for an options object (field order as given)."""
+    return _compact(obj) if obj else ""
+
+
+def decode_lease_attrs(raw: bytes | str) -> LeaseAttrs:
+    """Parse a lease value; raises LeaseDecodeError naming the field that is wrong."""
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        obj = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise LeaseDecodeError(f"lease value is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise LeaseDecodeError(f"lease value must be a JSON object, got {type(obj).__name__}")
+    fields = {k.lower(): v for k, v in obj.items()}
+
+    pub = fields.get("publicip")
+    if not isinstance(pub, str):
+        raise LeaseDecodeError(f"PublicIP: must be an IPv4 address string, got {pub!r}")
+    try:
+        public_ip = IPv4Address(pub)
+    except AddressValueError:
+        raise LeaseDecodeError(f"PublicIP: not an IPv4 address: {pub!r}") from None
+
+    pub6 = fields.get("publicipv6")
+    public_ipv6: IPv6Address | None = None
+    if pub6 is not None:
+        if not isinstance(pub6, str):
+            raise LeaseDecodeError(f"PublicIPv6: must be an IPv6 address string or null, got {pub6!r}")
+        try:
+            public_ipv6 = IPv6Address(pub6)
+        except AddressValueError:
+            raise LeaseDecodeError(f"PublicIPv6: not an IPv6 address: {pub6!r}") from None
+
+    btype = fields.get("backendtype", "")
+    if btype is None:
+        btype = ""
+    if not isinstance(btype, str):
+        raise LeaseDecodeError(f"BackendType: must be a string, got {btype!r}")
+
+    def raw_json(name: str) -> str:
+        value = fields.get(name.lower())
+        if value is None:
+            return ""
+        if not isinstance(value, dict):
+            raise LeaseDecodeError(f"{name}: must be a JSON object, got {value!r}")
+        return _compact(value) if value else ""
+
+    return LeaseAttrs(
+        public_ip=public_ip,
+        backend_type=btype,
+        backend_data=raw_json("BackendData"),
+        public_ipv6=public_ipv6,
+        backend_v6_data=raw_json("BackendV6Data"),
+    )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A subnet held by a node: the key, the value and the etcd lease behind it."""
+
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+    # Unix time the etcd lease runs out; None for a reservation (a key with no etcd lease).
+    expiration: float | None = None
+    etcd_lease_id: int = 0
+    ipv6_subnet: IPv6Network | None = None
+    # etcd mod revision of the key (0 when unknown); used to order updates.
+    revision: int = field(default=0, compare=False)
+
+    @property
+    def reserved(self) -> bool:
+        return self.etcd_lease_id == 0
+
+    @property
+    def key(self) -> str:
+        return subnet_key(self.subnet, self.ipv6_subnet)
+
+
+def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+    """`10.5.52.0-24`, or `10.5.52.0-24&fc00:0:0:5::-64` for dual stack."""
+    key = f"{subnet.network_address}-{subnet.prefixlen}"
+    if ipv6_subnet is not None:
+        key += f"&{ipv6_subnet.network_address.compressed}-{ipv6_subnet.prefixlen}"
+    return key
+
+
+def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
+    """Inverse of subnet_key; accepts the full etcd key or just its last path component."""
+    name = key.rsplit("/", 1)[-1]
+    v4, _, v6 = name.partition("&")
+    try:
+        addr, _, plen = v4.rpartition("-")
+        if not addr or not plen.isdigit():
+            raise ValueError
+        subnet = IPv4Network(f"{addr}/{int(plen)}", strict=True)
+        ipv6: IPv6Network | None = None
+        if v6:
+            addr6, _, plen6 = v6.rpartition("-")
+            if not addr6 or not plen6.isdigit():
+                raise ValueError
+            ipv6 = IPv6Network(f"{addr6}/{int(plen6)}", strict=True)
+    except (ValueError, AddressValueError, NetmaskValueError):
+        raise LeaseDecodeError(f"malformed subnet key {name!r} (want a.b.c.d-len)") from None
+    return subnet, ipv6
+
+
+def subnets_prefix(prefix: str) -> str:
+    return prefix.rstrip("/") + "/subnets/"
+
+
+def config_key(prefix: str) -> str:
+    return prefix.rstrip("/") + "/config"
