@@ -345,3 +345,13 @@ def from_tun(pkt: bytearray | memoryview, routes: RouteTable, mtu: int) -> Verdi
     if not decrement_ttl(pkt):
         return Verdict(drop=DropReason.TTL_EXPIRED)
     return Verdict(peer=peer)
+
+
+def accept_received(pkt: bytes | bytearray | memoryview, sender: str, routes: RouteTable,
+                    local: LocalSubnet, drops: list[int]) -> bool:
+    """check_received plus drop accounting: True when `pkt` may be written into the TUN."""
+    bad = check_received(pkt, sender, routes.leased, local)
+    if bad is None:
+        return True
+    drops[bad] += 1
+    return False

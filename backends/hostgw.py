@@ -1,0 +1,114 @@
+"""The host-gw backend: one kernel route per peer, ``<subnet> via <PublicIP> dev <ext iface>``.
+
+Why and history: host-gw is flannel's fastest backend (no encapsulation) and needs every node on
+one L2 segment, since a peer's PublicIP must be a directly reachable next hop.  Go flannel
+refreshes missing routes every 10 s; here the same periodic call is ``reconcile(full=True)``,
+which plans against a route dump, so it also deletes routes of peers whose leases are gone and
+counts what it repaired.  The PublicIP must be an address of the chosen interface (peers route
+to it on that segment); otherwise we refuse to start with a message saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network
+from typing import ClassVar
+
+from flanneld.backends.base import Backend, BackendContext, ReconcileResult
+from flanneld.backends.routing import (
+    AppliedState,
+    count_repaired,
+    diff,
+    peer_leases,
+    route_owned_in,
+    summarize,
+)
+
+from flanneld.errors import ConfigError
+from flanneld.lease import Lease, LeaseAttrs
+from flanneld.netlink import Netlink
+from flanneld.netops import KernelObject, Op, Route
+
+log = logging.getLogger(__name__)
+
+
+def plan_routes(
+    own: Lease,
+    peers: Sequence[Lease],
+    observed: Sequence[KernelObject],
+    *,
+    ext_index: int,
+    network: IPv4Network,
+) -> list[Op]:
+    """Pure planner: one route per peer; routes via a gateway on the external interface to a
+    lease-sized subnet of the Network (not our own) that no peer wants are stale."""
+    owned_route = route_owned_in(network, own.subnet.prefixlen, own.subnet, {ext_index})
+
+    def owned(obj: KernelObject) -> bool:
+        return isinstance(obj, Route) and obj.gateway is not None and owned_route(obj)
+
+    desired = [Route(p.subnet, ext_index, p.attrs.public_ip) for p in peers]
+    return diff(desired, observed, owned)
+
+
+class HostGWBackend(Backend):
+    type_name: ClassVar[str] = "host-gw"
+    peer_types: ClassVar[frozenset[str]] = frozenset({"host-gw"})
+
+    def __init__(self, ctx: BackendContext, netlink: Netlink | None = None) -> None:
+        super().__init__(ctx)
+        self._netlink = netlink if netlink is not None else Netlink()
+        self._owns_netlink = netlink is None
+        self._own: Lease | None = None
+        self._applied = AppliedState()
+        self._lock = asyncio.Lock()
+
+    def mtu(self) -> int:
+        return self.ctx.ext.mtu
+
+    async def prepare(self) -> LeaseAttrs:
+        ext = self.ctx.ext
+        addresses = [a.address for a in await self._netlink.addresses(ext.index)]
+        if ext.public_ip not in addresses:
+            have = ", ".join(str(a) for a in addresses) or "none"
+            raise ConfigError(
+                f"host-gw: PublicIP {ext.public_ip} is not an address of interface {ext.name} "
+                f"(its IPv4 addresses: {have}); peers route to the PublicIP on that interface's "
+                "L2 segment, so --public-ip must be one of them (or choose another --iface)"
+            )
+        return LeaseAttrs(public_ip=ext.public_ip, backend_type=self.type_name)
+
+    async def activate(self, lease: Lease) -> None:
+        self._own = lease
+
+    async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
+        if self._own is None:
+            raise RuntimeError("reconcile before activate")
+        own = self._own
+        wanted = peer_leases(peers, own, self.handles)
+        ext_index = self.ctx.ext.index
+        network = self.ctx.netconf.network
+        async with self._lock:
+            expected = plan_routes(own, wanted, list(self._applied.objects.values()),
+                                   ext_index=ext_index, network=network)
+            repaired = 0
+            if full:
+                observed = [r for r in await self._netlink.routes() if r.ifindex == ext_index]
+                ops = plan_routes(own, wanted, observed, ext_index=ext_index, network=network)
+                repaired = count_repaired(ops, expected)
+                self._applied.reset(observed)
+            else:
+                ops = expected
+            outcomes = await self._netlink.apply(ops)
+            self._applied.record(outcomes)
+        for o in outcomes:
+            if not o.ok:
+                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
+        return summarize(outcomes, repaired)
+
+    async def close(self) -> None:
+        """Leave the routes in place; only drop our netlink sockets."""
+        if self._owns_netlink:
+            await self._netlink.close()

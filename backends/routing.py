@@ -1,0 +1,123 @@
+"""Planner helpers shared by the kernel backends (vxlan, host-gw): pure diffing of kernel objects.
+
+Why: Go flannel programs routes imperatively and needs a namespace even for small tests.  Here a
+backend describes the objects it wants (``desired``) and which kernel objects it owns, and
+``diff`` returns the ops that turn ``observed`` into ``desired``.  The same function serves the
+three passes: the full pass at start (observed = a kernel dump, so stale entries of peers that
+lost their lease are deleted), the incremental pass on a watch event (observed = what we applied
+last), and the periodic drift-repair pass (a kernel dump again; whatever differs from the last
+applied state is counted as repaired).
+
+Op order is fixed so golden lists are stable: replaces first (addr, fdb, neigh, route: a route
+never points at a neighbour that is not there yet), then deletes (route, neigh, fdb, addr: the
+route stops attracting traffic before its neighbour goes).  Within a kind, ops sort by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from typing import Any
+
+from flanneld.backends.base import ReconcileResult
+
+from flanneld.lease import Lease
+from flanneld.netops import (
+    Delete,
+    KernelObject,
+    Op,
+    Outcome,
+    Replace,
+    Route,
+)
+
+_REPLACE_ORDER = {"addr": 0, "fdb": 1, "neigh": 2, "route": 3}
+_DELETE_ORDER = {"route": 0, "neigh": 1, "fdb": 2, "addr": 3}
+
+Key = tuple[Any, ...]
+
+
+def diff(
+    desired: Iterable[KernelObject],
+    observed: Iterable[KernelObject],
+    owned: Callable[[KernelObject], bool],
+) -> list[Op]:
+    """Ops turning the owned part of ``observed`` into ``desired``.
+
+    An observed object under a desired key with another value is replaced (whoever owns it: the
+    slot is ours now); an observed object under no desired key is deleted only when ``owned``.
+    """
+    want: dict[Key, KernelObject] = {obj.key: obj for obj in desired}
+    have: dict[Key, KernelObject] = {}
+    for obj in observed:
+        if obj.key in want or owned(obj):
+            have[obj.key] = obj
+    replaces = [obj for key, obj in want.items() if have.get(key) != obj]
+    deletes = [obj for key, obj in have.items() if key not in want]
+    replaces.sort(key=lambda o: (_REPLACE_ORDER[o.kind], o.key))
+    deletes.sort(key=lambda o: (_DELETE_ORDER[o.kind], o.key))
+    return [*(Replace(o) for o in replaces), *(Delete(o) for o in deletes)]
+
+
+def route_owned_in(
+    network: IPv4Network, subnet_len: int, own_subnet: IPv4Network | None, ifindexes: set[int]
+) -> Callable[[Route], bool]:
+    """A route is ours when it sends a lease-sized subnet of the Network to one of our devices."""
+
+    def owned(route: Route) -> bool:
+        return (
+            route.ifindex in ifindexes
+            and route.dst.prefixlen == subnet_len
+            and route.dst.subnet_of(network)
+            and route.dst != own_subnet
+        )
+
+    return owned
+
+
+def peer_leases(
+    peers: Mapping[IPv4Network, Lease], own: Lease, handles: Callable[[Lease], bool]
+) -> list[Lease]:
+    """Peer leases this backend programs, sorted by subnet; the own subnet never counts."""
+    return [
+        lease
+        for subnet, lease in sorted(peers.items())
+        if subnet != own.subnet and lease.attrs.public_ip != own.attrs.public_ip and handles(lease)
+    ]
+
+
+@dataclass
+class AppliedState:
+    """The objects we believe the kernel holds because we put them there (or found them)."""
+
+    objects: dict[Key, KernelObject] = field(default_factory=dict)
+
+    def reset(self, observed: Iterable[KernelObject]) -> None:
+        self.objects = {obj.key: obj for obj in observed}
+
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Fold outcomes in: a failed replace forgets the key, so the next pass retries it."""
+        for outcome in outcomes:
+            op = outcome.op
+            if not isinstance(op, (Replace, Delete)):
+                continue
+            key = op.obj.key
+            if isinstance(op, Replace):
+                if outcome.ok:
+                    self.objects[key] = op.obj
+                else:
+                    self.objects.pop(key, None)
+            elif outcome.ok:
+                self.objects.pop(key, None)
+
+
+def summarize(outcomes: Sequence[Outcome], repaired: int) -> ReconcileResult:
+    failed = sum(1 for o in outcomes if not o.ok)
+    return ReconcileResult(applied=len(outcomes) - failed, repaired=repaired, failed=failed)
+
+
+def count_repaired(full_ops: Sequence[Op], expected_ops: Sequence[Op]) -> int:
+    """Ops the kernel dump made necessary beyond what the last applied state predicted."""
+    expected = set(expected_ops)
+    return sum(1 for op in full_ops if op not in expected)

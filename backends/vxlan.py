@@ -1,0 +1,365 @@
+"""The vxlan backend: a kernel VTEP ``flannel.<VNI>`` plus, per peer, a neighbour, an fdb entry
+and an onlink route, exactly as Go flannel programs them, so Go and Python nodes interoperate.
+
+Why and history: flannel's vxlan backend once relied on l2miss/l3miss netlink events and a
+userspace ARP responder; since v0.9 it writes the three entries per peer up front and runs the
+device with learning off.  We do the same, but as a pure plan against observed kernel state
+(see ``routing.diff``), so the start-up pass also removes entries of peers whose leases are
+gone, and a periodic drift pass repairs what someone deleted by hand, including the device
+itself, which comes back with the same VTEP MAC (kept in memory) so peers' fdb entries stay right.
+
+Per peer (subnet S, PublicIP P, VtepMAC M), on device D = flannel.<VNI>:
+  neighbour S.0 lladdr M nud permanent dev D
+  fdb M dst P self permanent dev D
+  route S via S.0 dev D onlink
+DirectRouting: a peer whose PublicIP the kernel reaches without a gateway gets only
+``route S via P dev <ext iface>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, ClassVar
+
+from flanneld.backends.base import Backend, BackendContext, ReconcileResult
+from flanneld.backends.routing import (
+    AppliedState,
+    count_repaired,
+    diff,
+    peer_leases,
+    route_owned_in,
+    summarize,
+)
+
+from flanneld.errors import NetworkConfigError
+from flanneld.lease import Lease, LeaseAttrs, make_backend_data
+from flanneld.netlink import KernelError, Netlink
+from flanneld.netops import (
+    Address,
+    CreateVxlan,
+    DeleteLink,
+    FdbEntry,
+    KernelObject,
+    LinkInfo,
+    Neighbour,
+    Op,
+    Outcome,
+    Route,
+    SetLink,
+    VxlanLink,
+    normalize_mac,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VNI = 1
+DEFAULT_PORT = 8472  # the Linux default, which flannel keeps
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+
+
+@dataclass(frozen=True)
+class VxlanOptions:
+    vni: int = DEFAULT_VNI
+    port: int = DEFAULT_PORT
+    gbp: bool = False
+    learning: bool = False
+    direct_routing: bool = False
+    mtu: int = 0  # 0: external MTU - 50
+
+    @property
+    def device_name(self) -> str:
+        return f"flannel.{self.vni}"
+
+
+def parse_options(options: Mapping[str, Any]) -> VxlanOptions:
+    """``Backend`` options (keys case-insensitive, like Go's JSON decoder)."""
+    fields = {k.lower(): v for k, v in options.items()}
+
+    def integer(key: str, name: str, default: int, low: int, high: int) -> int:
+        value = fields.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise NetworkConfigError(f"Backend.{name}", f"must be an integer {low}..{high}, "
+                                     f"got {value!r}")
+        return value
+
+    def flag(key: str, name: str) -> bool:
+        value = fields.get(key, False)
+        if not isinstance(value, bool):
+            raise NetworkConfigError(f"Backend.{name}", f"must be true or false, got {value!r}")
+        return value
+
+    mtu = integer("mtu", "MTU", 0, 0, 65535)
+    if mtu and mtu < 68:
+        raise NetworkConfigError("Backend.MTU", f"must be at least 68, got {mtu}")
+    return VxlanOptions(
+        vni=integer("vni", "VNI", DEFAULT_VNI, 0, (1 << 24) - 1),
+        port=integer("port", "Port", 0, 0, 65535) or DEFAULT_PORT,
+        gbp=flag("gbp", "GBP"),
+        learning=flag("learning", "Learning"),
+        direct_routing=flag("directrouting", "DirectRouting"),
+        mtu=mtu,
+    )
+
+
+@dataclass(frozen=True)
+class VxlanPeer:
+    subnet: IPv4Network
+    public_ip: IPv4Address
+    vtep_mac: str
+
+
+def vxlan_peer(lease: Lease) -> VxlanPeer | None:
+    """The peer's VTEP from its lease; None (logged) when BackendData has no usable VtepMAC."""
+    try:
+        mac = normalize_mac(str(lease.attrs.backend_data_obj().get("VtepMAC", "")))
+    except ValueError:
+        log.warning("lease %s: BackendData has no valid VtepMAC; ignored", lease.key)
+        return None
+    return VxlanPeer(lease.subnet, lease.attrs.public_ip, mac)
+
+
+def random_vtep_mac() -> str:
+    """Random locally administered unicast MAC (as Go flannel's hardware address)."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def choose_mac(known: str | None, observed: LinkInfo | None) -> str:
+    """The VTEP MAC: the one we published, else the existing device's, else a new one."""
+    if known:
+        return known
+    if observed is not None and observed.kind == "vxlan" and observed.mac:
+        return observed.mac
+    return random_vtep_mac()
+
+
+def compatible(observed: LinkInfo, want: VxlanLink) -> bool:
+    """Can the existing device be reused?  (MAC, MTU and up state can be fixed in place.)"""
+    have = observed.vxlan
+    return (
+        have is not None
+        and not observed.l2miss
+        and not observed.l3miss
+        and (have.vni, have.local, have.underlay_ifindex, have.port, have.learning, have.gbp)
+        == (want.vni, want.local, want.underlay_ifindex, want.port, want.learning, want.gbp)
+    )
+
+
+def plan_device(want: VxlanLink, observed: LinkInfo | None) -> list[Op]:
+    """Ops that make ``want.name`` a vxlan device with ``want``'s attributes, up."""
+    if observed is None:
+        return [CreateVxlan(want), SetLink(want.name)]
+    if not compatible(observed, want):
+        return [DeleteLink(want.name), CreateVxlan(want), SetLink(want.name)]
+    if observed.mtu != want.mtu or observed.mac != want.mac or not observed.up:
+        return [SetLink(
+            want.name,
+            mtu=want.mtu if observed.mtu != want.mtu else None,
+            mac=want.mac if observed.mac != want.mac else None,
+        )]
+    return []
+
+
+def plan_address(own: Lease, device_index: int, observed: Sequence[Address]) -> list[Op]:
+    """``<subnet .0>/32`` on the device and no other address (all addresses on it are ours)."""
+    want = Address(device_index, own.subnet.network_address, 32)
+    return diff([want], [a for a in observed if a.ifindex == device_index], lambda _: True)
+
+
+def desired_objects(
+    peers: Sequence[VxlanPeer],
+    device_index: int,
+    ext_index: int,
+    direct_routing: bool,
+    on_link: frozenset[IPv4Address],
+) -> list[KernelObject]:
+    objs: list[KernelObject] = []
+    for peer in peers:
+        if direct_routing and peer.public_ip in on_link:
+            objs.append(Route(peer.subnet, ext_index, peer.public_ip))
+            continue
+        vtep_ip = peer.subnet.network_address
+        objs.append(FdbEntry(device_index, peer.vtep_mac, peer.public_ip))
+        objs.append(Neighbour(device_index, vtep_ip, peer.vtep_mac))
+        objs.append(Route(peer.subnet, device_index, vtep_ip, onlink=True))
+    return objs
+
+
+def plan_peers(
+    own: Lease,
+    peers: Sequence[VxlanPeer],
+    observed: Sequence[KernelObject],
+    *,
+    device_index: int,
+    ext_index: int,
+    network: IPv4Network,
+    direct_routing: bool = False,
+    on_link: frozenset[IPv4Address] = frozenset(),
+) -> list[Op]:
+    """The pure planner: ops turning ``observed`` into the entries ``peers`` need.
+
+    Ours (deleted when no peer wants them): routes of lease-sized subnets of the Network on the
+    vxlan device or, via a gateway, on the external interface (DirectRouting / an earlier
+    host-gw run); permanent neighbours and fdb entries on the vxlan device.
+    """
+    route_owned = route_owned_in(network, own.subnet.prefixlen, own.subnet,
+                                 {device_index, ext_index})
+
+    def owned(obj: KernelObject) -> bool:
+        if isinstance(obj, Route):
+            return route_owned(obj) and (obj.ifindex == device_index or obj.gateway is not None)
+        if isinstance(obj, Neighbour):
+            return obj.ifindex == device_index and obj.permanent
+        if isinstance(obj, FdbEntry):
+            return obj.ifindex == device_index
+        return False
+
+    desired = desired_objects(peers, device_index, ext_index, direct_routing, on_link)
+    return diff(desired, observed, owned)
+
+
+class VXLANBackend(Backend):
+    """vxlan over the kernel VTEP; ``netlink`` lets tests and the bench run in a namespace."""
+
+    type_name: ClassVar[str] = "vxlan"
+    peer_types: ClassVar[frozenset[str]] = frozenset({"vxlan"})
+
+    def __init__(self, ctx: BackendContext, netlink: Netlink | None = None) -> None:
+        super().__init__(ctx)
+        self.options = parse_options(ctx.netconf.backend.options)
+        self._netlink = netlink if netlink is not None else Netlink()
+        self._owns_netlink = netlink is None
+        self.vtep_mac: str | None = None
+        self.device_index = 0
+        self._own: Lease | None = None
+        self._applied = AppliedState()
+        self._on_link: dict[IPv4Address, bool] = {}
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> None:
+        parse_options(options)
+
+    def mtu(self) -> int:
+        return self.options.mtu or self.ctx.ext.mtu - VXLAN_OVERHEAD
+
+    def _want_link(self, mac: str) -> VxlanLink:
+        return VxlanLink(
+            name=self.options.device_name, vni=self.options.vni, local=self.ctx.ext.address,
+            underlay_ifindex=self.ctx.ext.index, port=self.options.port, mac=mac,
+            mtu=self.mtu(), learning=self.options.learning, gbp=self.options.gbp)
+
+    async def _ensure_device(self) -> tuple[int, bool]:
+        """(ops applied, device index changed); raises KernelError when it cannot be made."""
+        name = self.options.device_name
+        observed = await self._netlink.link(name)
+        self.vtep_mac = choose_mac(self.vtep_mac, observed)
+        ops = plan_device(self._want_link(self.vtep_mac), observed)
+        _raise_failed(await self._netlink.apply(ops), f"vxlan device {name}")
+        current = await self._netlink.link(name)
+        if current is None:
+            raise KernelError(f"vxlan device {name} vanished right after it was set up")
+        changed = current.index != self.device_index
+        self.device_index = current.index
+        return len(ops), changed
+
+    async def prepare(self) -> LeaseAttrs:
+        async with self._lock:
+            await self._ensure_device()
+        assert self.vtep_mac is not None
+        return LeaseAttrs(
+            public_ip=self.ctx.ext.public_ip,
+            backend_type=self.type_name,
+            backend_data=make_backend_data({"VNI": self.options.vni, "VtepMAC": self.vtep_mac}),
+        )
+
+    async def activate(self, lease: Lease) -> None:
+        async with self._lock:
+            self._own = lease
+            observed = await self._netlink.addresses(self.device_index)
+            ops = plan_address(lease, self.device_index, observed)
+            _raise_failed(await self._netlink.apply(ops), f"address of {self.options.device_name}")
+
+    async def _refresh_on_link(self, peers: Sequence[VxlanPeer], all_peers: bool) -> None:
+        if not self.options.direct_routing:
+            return
+        ips = sorted({p.public_ip for p in peers if all_peers or p.public_ip not in self._on_link})
+        routes = await self._netlink.route_get(ips)
+        for ip, route in zip(ips, routes, strict=True):
+            self._on_link[ip] = route is not None and route.gateway is None
+        if all_peers:
+            wanted = {p.public_ip for p in peers}
+            self._on_link = {ip: v for ip, v in self._on_link.items() if ip in wanted}
+
+    async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
+        if self._own is None:
+            raise RuntimeError("reconcile before activate")
+        own = self._own
+        vpeers = [p for lease in peer_leases(peers, own, self.handles)
+                  if (p := vxlan_peer(lease)) is not None]
+        async with self._lock:
+            repaired = 0
+            outcomes: list[Outcome] = []
+            if full:
+                device_ops, recreated = await self._ensure_device()
+                repaired += device_ops
+                if recreated:
+                    self._applied.reset(())
+                addr_ops = plan_address(own, self.device_index,
+                                        await self._netlink.addresses(self.device_index))
+                outcomes += await self._netlink.apply(addr_ops)
+                repaired += len(addr_ops)
+            await self._refresh_on_link(vpeers, all_peers=full)
+
+            def plan(observed: Sequence[KernelObject]) -> list[Op]:
+                return plan_peers(
+                    own, vpeers, observed, device_index=self.device_index,
+                    ext_index=self.ctx.ext.index, network=self.ctx.netconf.network,
+                    direct_routing=self.options.direct_routing,
+                    on_link=frozenset(ip for ip, ok in self._on_link.items() if ok))
+
+            expected = plan(list(self._applied.objects.values()))
+            if full:
+                observed = await self._observe()
+                ops = plan(observed)
+                repaired += (len(ops) if recreated else count_repaired(ops, expected))
+                # diff() still decides ownership; keeping only these two devices bounds memory
+                self._applied.reset(o for o in observed
+                                    if o.ifindex in (self.device_index, self.ctx.ext.index))
+            else:
+                ops = expected
+            peer_outcomes = await self._netlink.apply(ops)
+            self._applied.record(peer_outcomes)
+            outcomes += peer_outcomes
+        for o in outcomes:
+            if not o.ok:
+                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
+        return summarize(outcomes, repaired)
+
+    async def _observe(self) -> list[KernelObject]:
+        routes = await self._netlink.routes()
+        neigh = await self._netlink.neighbours(self.device_index)
+        fdb = await self._netlink.fdb(self.device_index)
+        return [*routes, *neigh, *fdb]
+
+    async def close(self) -> None:
+        """Leave the device and every entry in place; only drop our netlink sockets."""
+        if self._owns_netlink:
+            await self._netlink.close()
+
+
+def _raise_failed(outcomes: Sequence[Outcome], what: str) -> None:
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        first = failed[0]
+        raise KernelError(
+            f"{what}: {first.kind} failed: {first.message or os.strerror(first.errno)}",
+            first.errno)

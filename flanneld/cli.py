@@ -1,0 +1,92 @@
+"""`flanneld` entry point: flags -> config -> daemon; exit codes and logging set-up.
+
+Exit codes: 0 after SIGTERM/SIGINT, 1 on a fatal runtime error, 2 on usage or config errors.
+Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from flanneld.backends.base import ExternalInterface
+from flanneld.config import DaemonConfig, build_config
+from flanneld.errors import ConfigError, FlannelError
+
+log = logging.getLogger("flanneld")
+
+
+def make_store(config: DaemonConfig, observer: object = None):  # type: ignore[no-untyped-def]
+    from flanneld.etcd_store import EtcdStore, TLSFiles, parse_endpoints
+
+    tls = None
+    if config.etcd_cafile:
+        tls = TLSFiles(config.etcd_cafile, config.etcd_certfile, config.etcd_keyfile)
+    return EtcdStore(
+        parse_endpoints(config.etcd_endpoints),
+        timeout=config.etcd_timeout,
+        tls=tls,
+        username=config.etcd_username or None,
+        password=config.etcd_password or None,
+        observer=observer,  # type: ignore[arg-type]
+    )
+
+
+async def resolve_interface(config: DaemonConfig) -> ExternalInterface:
+    from flanneld.iface import select_external_interface
+
+    return await select_external_interface(
+        ifaces=config.iface, regexes=config.iface_regex, public_ip=config.public_ip or None
+    )
+
+
+async def _run(config: DaemonConfig) -> int:
+    from flanneld.daemon import Daemon
+
+    daemon: Daemon | None = None
+
+    def observe(op: str, result: str, seconds: float) -> None:
+        if daemon is not None:
+            daemon.metrics.etcd_result(op, result, seconds)
+
+    store = make_store(config, observe)
+    daemon = Daemon(config, store, resolve_interface)
+    return await daemon.run()
+
+
+def setup_logging(config: DaemonConfig) -> None:
+    try:
+        from flanneld.logging_setup import configure_logging
+    except ImportError:  # pragma: no cover - fallback while the module is absent
+        level = logging.DEBUG if config.verbose > 1 else logging.INFO
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    configure_logging(verbose=config.verbose, json_format=config.log_format == "json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = build_config(args, os.environ)
+    except ConfigError as exc:
+        print(f"flanneld: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config)
+    try:
+        return asyncio.run(_run(config))
+    except ConfigError as exc:
+        log.critical("%s", exc)
+        return 2
+    except FlannelError as exc:
+        log.critical("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The flanneld main loop: lease a subnet, publish it, program the backend, follow the peers.
+
+Tasks (each named, each kept by the daemon so none is garbage-collected mid-flight):
+- lease keeper: renews at expiry minus the margin; on loss re-acquires (same subnet if free)
+  and never exits (Go flanneld exits 0 here, which Restart=on-failure never restarts);
+- watcher: etcd events -> the peer map, then wakes the reconciler;
+- reconciler: the only caller of ``backend.reconcile``; incremental on every wake-up, full
+  (drift repair) every ``--drift-interval``;
+- health listener, systemd watchdog, masquerade rules.
+Shutdown leaves the datapath in place so pods keep talking while the daemon restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from ipaddress import IPv4Network
+from typing import Any
+
+from flanneld import __version__
+from flanneld.backends import backend_class
+from flanneld.backends.base import Backend, BackendContext, ExternalInterface
+from flanneld.backoff import Backoff
+from flanneld.config import DaemonConfig
+from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableError
+from flanneld.health import HealthServer, Readiness
+from flanneld.lease import Lease, LeaseAttrs
+from flanneld.lease_watch import LeaseEventKind, LeaseWatcher
+from flanneld.metrics import Metrics
+from flanneld.netconfig import NetworkConfig
+from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
+from flanneld.store import LeaseStore
+from flanneld.subnet_env import SubnetEnv, previous_subnet, write_docker_opts, write_subnet_env
+from flanneld.subnet_manager import LeaseLostError, SubnetManager
+
+log = logging.getLogger("flanneld")
+
+InterfaceResolver = Callable[[DaemonConfig], Awaitable[ExternalInterface]]
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        store: LeaseStore,
+        resolve_interface: InterfaceResolver,
+        *,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.resolve_interface = resolve_interface
+        self.manager = SubnetManager(store, config.etcd_prefix, ttl=config.subnet_lease_ttl)
+        self.metrics = Metrics(backend="unknown", per_peer=config.metrics_per_peer)
+        self.readiness = Readiness()
+        self.notifier = notifier or Notifier.from_env()
+        self.notifier.follow_readiness(self.readiness)
+        self.readiness.add_listener(lambda ready, reason: self.metrics.set_ready(ready))
+        self.stopping = asyncio.Event()
+        self.lease: Lease | None = None
+        self.attrs: LeaseAttrs | None = None
+        self.netconf: NetworkConfig | None = None
+        self.backend: Backend | None = None
+        self.peers: dict[IPv4Network, Lease] = {}
+        self._dirty = asyncio.Event()
+        self._lease_lost = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("task %s died: %r; stopping", task.get_name(), exc, exc_info=exc)
+            self.exit_code = 1
+            self.stopping.set()
+
+    exit_code = 0
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]], cap: float = 10.0) -> Any:
+        """Call ``fn`` until it succeeds; log each distinct failure once; capped backoff."""
+        backoff = Backoff(0.5, cap)
+        last = ""
+        while True:
+            try:
+                return await fn()
+            except (FlannelError, OSError) as exc:
+                message = str(exc)
+                if message != last:
+                    level = logging.ERROR if isinstance(exc, OutOfSubnetsError) else logging.WARNING
+                    log.log(level, "%s: %s (retrying)", what, message)
+                    last = message
+                delay = backoff.next()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():
+                raise asyncio.CancelledError
+
+    def _subnet_env(self) -> SubnetEnv:
+        assert self.lease is not None and self.netconf is not None and self.backend is not None
+        return SubnetEnv(
+            network=self.netconf.network,
+            subnet=self.lease.subnet,
+            mtu=self.backend.mtu(),
+            ipmasq=self.config.ip_masq,
+        )
+
+    def _write_files(self) -> None:
+        env = self._subnet_env()
+        write_subnet_env(self.config.subnet_file, env)
+        if self.config.docker_opts_file:
+            write_docker_opts(self.config.docker_opts_file, env)
+        if self.config.cni_conf_file:
+            from flanneld.cni.conflist import write_conflist
+
+            write_conflist(self.config.cni_conf_file)
+        self.readiness.set_subnet_file_written(True)
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def _load_network_config(self) -> NetworkConfig:
+        async def fetch() -> NetworkConfig:
+            netconf = await self.manager.network_config()
+            backend_class(netconf.backend.type).validate_options(netconf.backend.options)
+            return netconf
+
+        netconf: NetworkConfig = await self._retry("network config", fetch)
+        for name in netconf.unknown_fields:
+            log.warning("network config: unknown field %r ignored", name)
+        return netconf
+
+    async def _acquire(self, previous: IPv4Network | None) -> Lease:
+        assert self.attrs is not None and self.netconf is not None
+        attrs, netconf = self.attrs, self.netconf
+
+        async def acquire() -> Lease:
+            try:
+                lease = await self.manager.acquire(attrs, netconf, previous)
+            except (StoreUnavailableError, OutOfSubnetsError):
+                self.metrics.lease_event("acquire", False)
+                raise
+            self.metrics.lease_event("acquire", True)
+            return lease
+
+        lease: Lease = await self._retry("acquiring a subnet lease", acquire, cap=30.0)
+        self.metrics.set_lease_expiry(lease.expiration)
+        return lease
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.healthz_port:
+            self.health = HealthServer(
+                self.readiness, self.metrics.render, host=cfg.healthz_ip, port=cfg.healthz_port,
+                metrics_content_type=self.metrics.content_type,
+            )
+            await self.health.start()
+        self.notifier.status("waiting for the network config")
+        self.netconf = await self._load_network_config()
+        btype = self.netconf.backend.type
+        self.metrics.set_backend(btype)
+        ext = await self._retry("choosing the external interface", lambda: self.resolve_interface(cfg))
+        log.info("using interface %s (address %s, public ip %s, mtu %d) backend=%s",
+                 ext.name, ext.address, ext.public_ip, ext.mtu, btype)
+        self.backend = backend_class(btype)(BackendContext(ext, self.netconf))
+        self.attrs = await self.backend.prepare()
+        self.notifier.status("acquiring a subnet lease")
+        self.lease = await self._acquire(previous_subnet(cfg.subnet_file))
+        self.readiness.set_lease_held(True)
+        await self.backend.activate(self.lease)
+        self._write_files()
+        leases, _, revision = await self._retry("listing leases", self.manager.list_leases)
+        self._set_peers(leases)
+        with self.metrics.reconcile("full"):
+            result = await self.backend.reconcile(dict(self.peers), full=True)
+        log.info("datapath programmed: peers=%d ops=%d failed=%d",
+                 len(self.peers), result.applied, result.failed)
+        self.readiness.set_backend_programmed(True)
+        self.notifier.status(f"serving subnet {self.lease.subnet} with {len(self.peers)} peers")
+        self.watcher = LeaseWatcher(self.manager, leases, revision, on_reset=self.metrics.watch_reset)
+
+    def _set_peers(self, leases: list[Lease]) -> None:
+        assert self.lease is not None and self.backend is not None
+        own = self.lease.subnet
+        self.peers = {
+            lease.subnet: lease for lease in leases if lease.subnet != own and self.backend.handles(lease)
+        }
+        self.metrics.set_peers(len(self.peers))
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        assert self.lease is not None and self.backend is not None
+        async for batch in self.watcher.events():
+            for event in batch:
+                lease = event.lease
+                if lease.subnet == self.lease.subnet:
+                    ours = lease.attrs.public_ip == self.lease.attrs.public_ip
+                    if event.kind is LeaseEventKind.REMOVED or not ours:
+                        self._lease_lost.set()
+                    continue
+                if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
+                    if self.peers.pop(lease.subnet, None) is not None:
+                        log.info("peer removed subnet=%s public_ip=%s", lease.subnet, lease.attrs.public_ip)
+                else:
+                    known = self.peers.get(lease.subnet)
+                    if known != lease:
+                        log.info("peer %s subnet=%s public_ip=%s",
+                                 "changed" if known else "added", lease.subnet, lease.attrs.public_ip)
+                    self.peers[lease.subnet] = lease
+            self.metrics.set_peers(len(self.peers))
+            self._dirty.set()
+
+    async def _reconcile_loop(self) -> None:
+        assert self.backend is not None
+        interval = self.config.drift_interval
+        next_full = time.monotonic() + interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), max(0.0, next_full - time.monotonic()))
+            full = time.monotonic() >= next_full
+            self._dirty.clear()
+            kind = "full" if full else "incremental"
+            try:
+                with self.metrics.reconcile(kind):
+                    result = await self.backend.reconcile(dict(self.peers), full=full)
+            except (FlannelError, OSError) as exc:
+                log.error("reconcile (%s) failed: %s", kind, exc)
+                self._dirty.set()
+                await asyncio.sleep(1.0)
+                continue
+            if result.repaired:
+                self.metrics.drift_repaired(result.repaired)
+                log.warning("drift repaired: %d kernel objects were missing or wrong", result.repaired)
+            if full:
+                next_full = time.monotonic() + interval
+
+    def _renew_delay(self) -> float | None:
+        assert self.lease is not None
+        if self.lease.expiration is None:
+            return None
+        margin = min(self.config.subnet_lease_renew_margin * 60.0, self.config.subnet_lease_ttl / 2)
+        return max(0.0, self.lease.expiration - margin - time.time())
+
+    async def _keep_lease(self) -> None:
+        retry_at: float | None = None
+        while True:
+            assert self.lease is not None
+            delay = self._renew_delay() if retry_at is None else max(0.0, retry_at - time.monotonic())
+            try:
+                await asyncio.wait_for(self._lease_lost.wait(), delay)
+            except TimeoutError:
+                pass
+            if self._lease_lost.is_set():
+                await self._reacquire()
+                retry_at = None
+                continue
+            try:
+                self.lease = await self.manager.renew(self.lease)
+            except LeaseLostError:
+                self._lease_lost.set()
+                continue
+            except StoreUnavailableError as exc:
+                self.metrics.lease_event("renew", False)
+                left = (self.lease.expiration or time.time()) - time.time()
+                wait = min(60.0, max(1.0, left / 4))
+                log.warning("renewing lease %s failed: %s; retrying in %.0fs (expires in %.0fs)",
+                            self.lease.subnet, exc, wait, left)
+                retry_at = time.monotonic() + wait
+                continue
+            retry_at = None
+            self.metrics.lease_event("renew", True)
+            self.metrics.set_lease_expiry(self.lease.expiration)
+            log.info("lease renewed subnet=%s expires_in=%.0fs", self.lease.subnet,
+                     (self.lease.expiration or 0) - time.time())
+
+    async def _reacquire(self) -> None:
+        assert self.lease is not None and self.backend is not None
+        old = self.lease
+        self.metrics.lease_event("lose", True)
+        self.metrics.set_lease_expiry(None)
+        self.readiness.set_lease_held(False)
+        log.error("LEASE LOST: our lease for subnet %s was deleted, expired or taken; re-acquiring "
+                  "(the datapath stays up meanwhile)", old.subnet)
+        self._lease_lost.clear()
+        self.lease = await self._acquire(previous=old.subnet)
+        self.metrics.lease_event("reacquire", True)
+        if self.lease.subnet != old.subnet:
+            log.warning("re-acquired a different subnet %s (was %s)", self.lease.subnet, old.subnet)
+            self.peers.pop(self.lease.subnet, None)
+            await self.backend.activate(self.lease)
+            self._write_files()
+            self._dirty.set()
+        else:
+            log.info("re-acquired subnet %s", self.lease.subnet)
+        # A delete event for the old key may still be in flight; it must not undo this.
+        self._lease_lost.clear()
+        self.readiness.set_lease_held(True)
+
+    # -- run -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        watchdog = start_watchdog(self.notifier)
+        try:
+            starter = asyncio.create_task(self.start(), name="start")
+            stopper = asyncio.create_task(self.stopping.wait(), name="stop-wait")
+            done, _ = await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if starter not in done:
+                starter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, FlannelError):
+                    await starter
+                return self.exit_code
+            stopper.cancel()
+            starter.result()
+            self._spawn(self._watch(), "watch")
+            self._spawn(self._reconcile_loop(), "reconcile")
+            self._spawn(self._keep_lease(), "lease")
+            log.info("flanneld %s running: subnet=%s", __version__, self.lease.subnet if self.lease else "")
+            await self.stopping.wait()
+            return self.exit_code
+        finally:
+            self.notifier.stopping("shutting down; datapath left in place")
+            await stop_watchdog(watchdog)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.backend is not None:
+                await self.backend.close()
+            health = getattr(self, "health", None)
+            if health is not None:
+                await health.close()
+            await self.store.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("flanneld stopped")

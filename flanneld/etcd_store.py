@@ -1,0 +1,309 @@
+"""LeaseStore over etcd v3 with aetcd: timeouts, endpoint failover, TLS and basic auth.
+
+aetcd talks to one host:port and has no failover, so this module keeps one client per endpoint
+and moves to the next endpoint when a call fails to connect or times out.  Every unary call has
+a deadline.  Non-idempotent calls are never retried blindly: the subnet manager re-reads the key
+after an ambiguous create, so a retried transaction cannot make it lose its own lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aetcd
+from aetcd import exceptions as etcd_exc
+from aetcd import rpc, transactions
+
+from flanneld.errors import ConfigError, StoreUnavailableError
+from flanneld.store import (
+    CompactedError,
+    EventKind,
+    Grant,
+    KeyValue,
+    RequestObserver,
+    Snapshot,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RETRYABLE = (
+    etcd_exc.ConnectionFailedError,
+    etcd_exc.ConnectionTimeoutError,
+    etcd_exc.InternalError,
+    etcd_exc.WatchTimeoutError,
+    TimeoutError,
+)
+
+
+class StoreAuthError(StoreUnavailableError):
+    """etcd refused our credentials; retrying another endpoint does not help."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    cafile: str
+    certfile: str
+    keyfile: str
+
+
+def parse_endpoints(spec: str) -> list[Endpoint]:
+    """`http://a:2379,https://b:2379` -> endpoints; ConfigError on anything malformed."""
+    endpoints = []
+    for raw in (part.strip() for part in spec.split(",")):
+        if not raw:
+            continue
+        url = urlsplit(raw if "://" in raw else f"http://{raw}")
+        if url.scheme not in ("http", "https"):
+            raise ConfigError(f"--etcd-endpoints: unsupported scheme in {raw!r} (use http or https)")
+        try:
+            port = url.port or 2379
+        except ValueError:
+            raise ConfigError(f"--etcd-endpoints: bad port in {raw!r}") from None
+        if not url.hostname:
+            raise ConfigError(f"--etcd-endpoints: no host in {raw!r}")
+        endpoints.append(Endpoint(url.scheme, url.hostname, port))
+    if not endpoints:
+        raise ConfigError("--etcd-endpoints: no endpoint given")
+    return endpoints
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]
+    """aetcd.Client that can open a TLS channel (aetcd itself only opens insecure ones)."""
+
+    def __init__(self, *, credentials: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._credentials is None:
+            await super().connect()
+            return
+        if self._connected.is_set():
+            return
+        real_insecure = rpc.insecure_channel
+
+        def secure(target: str, options: Any = None) -> Any:
+            return rpc.secure_channel(target, self._credentials, options=options)
+
+        # aetcd builds its channel with rpc.insecure_channel; swap in a secure one for this call.
+        rpc.insecure_channel = secure
+        try:
+            await super().connect()
+        finally:
+            rpc.insecure_channel = real_insecure
+
+
+def _grpc_credentials(tls: TLSFiles) -> Any:
+    import grpc
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+    ca = read(tls.cafile, "--etcd-cafile")
+    cert = read(tls.certfile, "--etcd-certfile")
+    key = read(tls.keyfile, "--etcd-keyfile")
+    # Fail early with a clear message on unusable files (grpc would only say "handshake failed").
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        ctx.load_verify_locations(cadata=ca.decode(errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"--etcd-cafile {tls.cafile}: not a usable CA certificate: {exc}") from None
+    try:
+        ctx.load_cert_chain(tls.certfile, tls.keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"--etcd-certfile/--etcd-keyfile: certificate and key do not load: {exc}"
+        ) from None
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+class EtcdStore:
+    """The real lease store.  One instance per process; safe for concurrent use."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        timeout: float = 5.0,
+        tls: TLSFiles | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        observer: RequestObserver | None = None,
+    ) -> None:
+        if any(ep.scheme == "https" for ep in endpoints) and tls is None:
+            raise ConfigError(
+                "https etcd endpoints need --etcd-cafile, --etcd-certfile and --etcd-keyfile"
+            )
+        self._endpoints = list(endpoints)
+        self._timeout = timeout
+        self._credentials = _grpc_credentials(tls) if tls is not None else None
+        self._username = username
+        self._password = password
+        self._observer = observer
+        self._clients: dict[int, _Client] = {}
+        self._current = 0
+
+    @property
+    def current_endpoint(self) -> Endpoint:
+        return self._endpoints[self._current]
+
+    def _client(self, index: int) -> _Client:
+        client = self._clients.get(index)
+        if client is None:
+            ep = self._endpoints[index]
+            client = _Client(
+                host=ep.host,
+                port=ep.port,
+                username=self._username,
+                password=self._password,
+                timeout=max(1, round(self._timeout)),
+                credentials=self._credentials,
+            )
+            self._clients[index] = client
+        return client
+
+    def _observe(self, op: str, result: str, started: float) -> None:
+        if self._observer is not None:
+            self._observer(op, result, time.monotonic() - started)
+
+    async def _call(self, op: str, fn: Callable[[_Client], Awaitable[T]]) -> T:
+        """Run one request, failing over to the next endpoints on connection errors."""
+        failures: list[str] = []
+        for _ in range(len(self._endpoints)):
+            index = self._current
+            started = time.monotonic()
+            try:
+                result = await asyncio.wait_for(fn(self._client(index)), self._timeout + 1)
+            except etcd_exc.UnauthenticatedError as exc:
+                self._observe(op, "error", started)
+                raise StoreAuthError(
+                    f"etcd {self._endpoints[index]} refused our credentials: {exc}"
+                ) from None
+            except _RETRYABLE as exc:
+                self._observe(op, "error", started)
+                detail = str(exc).strip() or type(exc).__name__
+                failures.append(f"{self._endpoints[index]}: {detail}")
+                self._current = (index + 1) % len(self._endpoints)
+                continue
+            self._observe(op, "ok", started)
+            return result
+        raise StoreUnavailableError(f"etcd {op} failed on every endpoint: " + "; ".join(failures))
+
+    @staticmethod
+    def _kv(kv: Any) -> KeyValue:
+        return KeyValue(
+            key=kv.key.decode(errors="replace"),
+            value=bytes(kv.value),
+            lease_id=int(kv.lease),
+            mod_revision=int(kv.mod_revision),
+        )
+
+    async def get(self, key: str) -> KeyValue | None:
+        got = await self._call("get", lambda c: c.get(key.encode()))
+        return None if got is None else self._kv(got)
+
+    async def list_prefix(self, prefix: str) -> Snapshot:
+        resp = await self._call("list", lambda c: c.get_prefix(prefix.encode()))
+        return Snapshot(tuple(self._kv(kv) for kv in resp), int(resp.header.revision))
+
+    async def grant(self, ttl: int) -> Grant:
+        lease = await self._call("grant", lambda c: c.lease(ttl))
+        return Grant(int(lease.id), time.time() + int(lease.ttl))
+
+    async def revoke(self, lease_id: int) -> None:
+        try:
+            await self._call("revoke", lambda c: c.revoke_lease(lease_id))
+        except etcd_exc.ClientError as exc:  # already gone: nothing to revoke
+            log.debug("revoke of etcd lease %x: %s", lease_id, exc)
+
+    async def time_to_live(self, lease_id: int) -> int:
+        info = await self._call("ttl", lambda c: c.get_lease_info(lease_id, keys=False))
+        return int(info.TTL)
+
+    async def _txn(self, op: str, compare: Any, key: str, value: bytes, lease_id: int) -> int | None:
+        put = transactions.Put(key.encode(), value, lease=lease_id or None)
+        ok, responses = await self._call(
+            op, lambda c: c.transaction(compare=[compare], success=[put], failure=[])
+        )
+        if not ok:
+            return None
+        return int(responses[0].response_put.header.revision)
+
+    async def create(self, key: str, value: bytes, lease_id: int) -> int | None:
+        return await self._txn("create", transactions.Version(key.encode()) == 0, key, value, lease_id)
+
+    async def update(self, key: str, value: bytes, lease_id: int, mod_revision: int) -> int | None:
+        compare = transactions.Mod(key.encode()) == mod_revision
+        return await self._txn("update", compare, key, value, lease_id)
+
+    async def put(self, key: str, value: bytes, lease_id: int = 0) -> int:
+        resp = await self._call("put", lambda c: c.put(key.encode(), value, lease=lease_id or None))
+        return int(resp.header.revision)
+
+    async def delete(self, key: str) -> bool:
+        resp = await self._call("delete", lambda c: c.delete(key.encode()))
+        return resp is not None and bool(getattr(resp, "deleted", 1))
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        index = self._current
+        client = self._client(index)
+        started = time.monotonic()
+        try:
+            watch = await asyncio.wait_for(
+                client.watch_prefix(prefix.encode(), start_revision=start_revision),
+                self._timeout + 1,
+            )
+        except etcd_exc.RevisionCompactedError as exc:
+            raise CompactedError(int(exc.compacted_revision)) from None
+        except _RETRYABLE as exc:
+            self._observe("watch", "error", started)
+            self._current = (index + 1) % len(self._endpoints)
+            raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]}: {exc}") from None
+        self._observe("watch", "ok", started)
+        try:
+            async for event in watch:
+                kind = EventKind.PUT if event.kind == "PUT" else EventKind.DELETE
+                yield [WatchEvent(kind, self._kv(event.kv))]
+        except etcd_exc.RevisionCompactedError as exc:
+            raise CompactedError(int(exc.compacted_revision)) from None
+        except (etcd_exc.ClientError, rpc.AioRpcError, TimeoutError) as exc:
+            self._current = (index + 1) % len(self._endpoints)
+            raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]} broke: {exc}") from None
+        finally:
+            try:
+                await asyncio.wait_for(watch.cancel(), 1)
+            except Exception:
+                log.debug("watch cancel failed", exc_info=True)
+        # The server ended the stream without an error: treat it as a disconnect.
+        raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]} ended")
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            try:
+                await asyncio.wait_for(client.close(), 2)
+            except Exception:
+                log.debug("closing etcd client failed", exc_info=True)
+        self._clients.clear()

@@ -1,0 +1,259 @@
+"""The daemon's one HTTP listener: /healthz, /readyz and /metrics.
+
+Go flannel serves /healthz on ``--healthz-ip``:``--healthz-port``; we add /readyz and /metrics on
+the same listener. It is plain asyncio streams on purpose: the answer to /healthz comes from the
+daemon's own event loop, so a wedged loop stops answering and a liveness probe notices (a
+framework running in a thread would keep saying "running"). Requests are bounded in size and
+time so that garbage or slow clients cannot hold the loop or memory: a request head is at most
+``max_request_bytes``, must arrive within ``request_timeout`` seconds, and at most
+``max_connections`` connections are served at once (extra ones are closed at once).
+
+Readiness is a small :class:`Readiness` object the daemon updates (lease held, backend
+programmed, subnet.env written); it notifies listeners on change, which is how sd_notify's
+READY=1 and the ``flannel_ready`` gauge follow exactly what /readyz says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+
+log = logging.getLogger(__name__)
+
+ReadinessListener = Callable[[bool, str], None]
+
+
+class Readiness:
+    """What /readyz reports: ready once the lease is held, the backend programmed and
+    subnet.env written; not ready again while the lease is lost.
+
+    ``reason`` is a short operator-facing text ("ready", "waiting for: lease, subnet.env",
+    "lease lost"), also used as sd_notify's STATUS=.
+    """
+
+    def __init__(self) -> None:
+        self.lease_held = False
+        self.backend_programmed = False
+        self.subnet_file_written = False
+        self._lease_lost = False
+        self._listeners: list[ReadinessListener] = []
+        self._last: tuple[bool, str] = (self.ready, self.reason)
+
+    @property
+    def ready(self) -> bool:
+        return self.lease_held and self.backend_programmed and self.subnet_file_written
+
+    @property
+    def reason(self) -> str:
+        if self.ready:
+            return "ready"
+        if self._lease_lost and not self.lease_held:
+            return "lease lost"
+        missing = [
+            name
+            for name, ok in (
+                ("lease", self.lease_held),
+                ("backend", self.backend_programmed),
+                ("subnet.env", self.subnet_file_written),
+            )
+            if not ok
+        ]
+        return "waiting for: " + ", ".join(missing)
+
+    def add_listener(self, listener: ReadinessListener) -> None:
+        """Call ``listener(ready, reason)`` now and on every later change."""
+        self._listeners.append(listener)
+        listener(self.ready, self.reason)
+
+    def set_lease_held(self, held: bool) -> None:
+        """True once acquired/renewed; False when the own lease is lost (deleted or expired)."""
+        if held:
+            self._lease_lost = False
+        elif self.lease_held:
+            self._lease_lost = True
+        self.lease_held = held
+        self._changed()
+
+    def set_backend_programmed(self, programmed: bool) -> None:
+        self.backend_programmed = programmed
+        self._changed()
+
+    def set_subnet_file_written(self, written: bool) -> None:
+        self.subnet_file_written = written
+        self._changed()
+
+    def _changed(self) -> None:
+        state = (self.ready, self.reason)
+        if state == self._last:
+            return
+        self._last = state
+        for listener in list(self._listeners):
+            try:
+                listener(*state)
+            except Exception:
+                log.exception("readiness listener failed")
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: HTTPStatus) -> None:
+        super().__init__(status.phrase)
+        self.status = status
+
+
+class HealthServer:
+    """Serves /healthz, /readyz and /metrics on one asyncio listener.
+
+    ``render_metrics`` is typically ``Metrics.render``; without it /metrics is 404.
+    Port 0 binds an ephemeral port; :attr:`port` tells which one after :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        readiness: Readiness,
+        render_metrics: Callable[[], bytes] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_content_type: str = "text/plain; version=0.0.4; charset=utf-8",
+        request_timeout: float = 5.0,
+        max_request_bytes: int = 8192,
+        max_connections: int = 64,
+    ) -> None:
+        self.readiness = readiness
+        self.render_metrics = render_metrics
+        self.host = host
+        self._port = port
+        self.metrics_content_type = metrics_content_type
+        self.request_timeout = request_timeout
+        self.max_request_bytes = max_request_bytes
+        self.max_connections = max_connections
+        self._server: asyncio.Server | None = None
+        self._active = 0
+        self._clients: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with port 0)."""
+        if self._server is None:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self._port, limit=self.max_request_bytes
+        )
+        log.info("health listener on %s:%d", self.host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening and end open connections (their handlers finish, not cancelled)."""
+        if self._server is None:
+            return
+        self._server.close()
+        handlers = [t for t in self._clients.values() if t is not None]
+        for writer in list(self._clients):
+            writer.transport.abort()  # the handler sees EOF and ends by itself
+        if handlers:
+            await asyncio.wait(handlers, timeout=self.request_timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), self.request_timeout)
+        self._server = None
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- request handling --------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= self.max_connections:
+            writer.close()
+            return
+        self._active += 1
+        self._clients[writer] = asyncio.current_task()
+        try:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    method, path = await self._read_head(reader)
+                status, ctype, body = self._respond(method, path)
+            except _BadRequest as exc:
+                status, ctype = exc.status, "text/plain; charset=utf-8"
+                body, method = f"{exc.status.phrase}\n".encode(), "GET"
+            except TimeoutError:
+                status, ctype = HTTPStatus.REQUEST_TIMEOUT, "text/plain; charset=utf-8"
+                body, method = b"request timeout\n", "GET"
+            head = (
+                f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+                f"Content-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "Cache-Control: no-store\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode("ascii")
+            writer.write(head if method == "HEAD" else head + body)
+            async with asyncio.timeout(self.request_timeout):
+                await writer.drain()
+        except (ConnectionError, TimeoutError, OSError):
+            pass
+        finally:
+            self._active -= 1
+            self._clients.pop(writer, None)
+            writer.close()
+            with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+        """Read the request line and headers (CRLF or bare LF), bounded in total size."""
+        total = 0
+        lines: list[bytes] = []
+        while True:
+            try:
+                line = await reader.readline()
+            except (asyncio.LimitOverrunError, ValueError) as exc:
+                raise _BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from exc
+            total += len(line)
+            if total > self.max_request_bytes:
+                raise _BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            if not line:  # EOF before the end of the head
+                if not lines:
+                    raise _BadRequest(HTTPStatus.BAD_REQUEST)
+                break
+            if not line.strip():
+                if lines:
+                    break
+                continue  # tolerate leading empty lines (RFC 9112 2.2)
+            lines.append(line)
+        try:
+            method, target, version = lines[0].decode("ascii").split()
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST) from exc
+        if not version.startswith("HTTP/1.") or not target.startswith("/"):
+            raise _BadRequest(HTTPStatus.BAD_REQUEST)
+        return method, target.split("?", 1)[0]
+
+    def _respond(self, method: str, path: str) -> tuple[HTTPStatus, str, bytes]:
+        text = "text/plain; charset=utf-8"
+        if path not in ("/healthz", "/readyz", "/metrics") or (
+            path == "/metrics" and self.render_metrics is None
+        ):
+            return HTTPStatus.NOT_FOUND, text, b"not found\n"
+        if method not in ("GET", "HEAD"):
+            return HTTPStatus.METHOD_NOT_ALLOWED, text, b"method not allowed\n"
+        if path == "/healthz":
+            # Answered by the event loop itself: reaching this line is the liveness proof.
+            return HTTPStatus.OK, text, b"running"
+        if path == "/readyz":
+            r = self.readiness
+            if r.ready:
+                return HTTPStatus.OK, text, b"ready\n"
+            return HTTPStatus.SERVICE_UNAVAILABLE, text, f"{r.reason}\n".encode()
+        assert self.render_metrics is not None
+        try:
+            return HTTPStatus.OK, self.metrics_content_type, self.render_metrics()
+        except Exception:
+            log.exception("rendering metrics failed")
+            return HTTPStatus.INTERNAL_SERVER_ERROR, text, b"metrics unavailable\n"

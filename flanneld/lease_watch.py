@@ -1,0 +1,132 @@
+"""Watch ``<prefix>/subnets`` and turn etcd events into peer lease events.
+
+Starts from the snapshot's revision + 1; on a broken stream resumes from the last revision seen
+with capped backoff; on compaction re-lists and diffs against what it knew, so no event is lost
+and none is repeated.  (Go flannel once hot-looped here after a compaction and filled disks with
+logs: every retry path below sleeps and logs once per outage, not once per attempt.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from flanneld.backoff import Backoff
+from flanneld.errors import LeaseDecodeError, StoreUnavailableError
+from flanneld.lease import Lease, parse_subnet_key, subnets_prefix
+from flanneld.store import CompactedError, EventKind, WatchEvent
+from flanneld.subnet_manager import SubnetManager
+
+log = logging.getLogger(__name__)
+
+
+class LeaseEventKind(enum.Enum):
+    ADDED = "added"  # new or changed lease
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: LeaseEventKind
+    lease: Lease
+
+
+def diff_leases(old: dict[IPv4Network, Lease], new: dict[IPv4Network, Lease]) -> list[LeaseEvent]:
+    """Events that turn ``old`` into ``new`` (pure; used after a compaction re-list)."""
+    events = [LeaseEvent(LeaseEventKind.REMOVED, lease) for s, lease in old.items() if s not in new]
+    events += [
+        LeaseEvent(LeaseEventKind.ADDED, lease)
+        for s, lease in new.items()
+        if s not in old or old[s] != lease
+    ]
+    return events
+
+
+class LeaseWatcher:
+    """Keeps ``known`` (every valid lease, own included) current and yields what changed."""
+
+    def __init__(
+        self,
+        manager: SubnetManager,
+        leases: Iterable[Lease],
+        revision: int,
+        *,
+        on_reset: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.manager = manager
+        self.known: dict[IPv4Network, Lease] = {lease.subnet: lease for lease in leases}
+        self.revision = revision
+        self._on_reset = on_reset or (lambda reason: None)
+        self._sleep = sleep
+        self._backoff = backoff or Backoff(0.5, 30.0)
+        self.connected = True
+
+    def _apply(self, event: WatchEvent) -> LeaseEvent | None:
+        try:
+            subnet = parse_subnet_key(event.kv.key)[0]
+        except LeaseDecodeError as exc:
+            self.manager.decode_warnings.warn(event.kv, exc)
+            return None
+        if event.kind is EventKind.DELETE:
+            old = self.known.pop(subnet, None)
+            return None if old is None else LeaseEvent(LeaseEventKind.REMOVED, old)
+        lease = self.manager.decode(event.kv)
+        if lease is None:
+            # A bad value replaced a good one: the node behind it is no longer usable.
+            old = self.known.pop(subnet, None)
+            return None if old is None else LeaseEvent(LeaseEventKind.REMOVED, old)
+        self.known[subnet] = lease
+        return LeaseEvent(LeaseEventKind.ADDED, lease)
+
+    async def _resync(self) -> list[LeaseEvent]:
+        while True:
+            try:
+                leases, _, revision = await self.manager.list_leases()
+            except StoreUnavailableError as exc:
+                delay = self._backoff.next()
+                if self._backoff.attempts == 1:
+                    log.warning("re-listing leases failed: %s; retrying with backoff", exc)
+                await self._sleep(delay)
+                continue
+            new = {lease.subnet: lease for lease in leases}
+            events = diff_leases(self.known, new)
+            self.known = new
+            self.revision = revision
+            return events
+
+    async def events(self) -> AsyncIterator[list[LeaseEvent]]:
+        prefix = subnets_prefix(self.manager.prefix)
+        while True:
+            try:
+                async for batch in self.manager.store.watch_prefix(prefix, self.revision + 1):
+                    if not self.connected:
+                        log.info("lease watch resumed at revision %d", self.revision + 1)
+                        self.connected = True
+                    self._backoff.reset()
+                    out = []
+                    for event in batch:
+                        self.revision = max(self.revision, event.kv.mod_revision)
+                        lease_event = self._apply(event)
+                        if lease_event is not None:
+                            out.append(lease_event)
+                    if out:
+                        yield out
+            except CompactedError as exc:
+                log.warning("lease watch: %s; re-listing and diffing", exc)
+                self._on_reset("compaction")
+                events = await self._resync()
+                if events:
+                    yield events
+            except StoreUnavailableError as exc:
+                if self.connected:
+                    log.warning("lease watch lost: %s; resuming from revision %d with backoff",
+                                exc, self.revision + 1)
+                    self.connected = False
+                self._on_reset("reconnect")
+                await self._sleep(self._backoff.next())

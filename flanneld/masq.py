@@ -1,0 +1,153 @@
+"""Masquerade and forward rules for ``--ip-masq``: flannel's semantics, our own tables.
+
+With P = this node's subnet and N = the Network, flannel's postrouting rules are, in order:
+return for packets marked 0x4000/0x4000 (kube-proxy's masquerade mark: kube-proxy handles them);
+return P->N; return N->P; return !N->P; masquerade (random-fully) N -> !224.0.0.0/4;
+masquerade (random-fully) !N -> N. Forward rules accept -s N and -d N (on by default, for hosts
+whose FORWARD policy is DROP).
+
+Two implementations share :class:`MasqConfig` and the :class:`MasqRules` interface:
+
+* :mod:`flanneld.masq_nft` (preferred): table ``flannel-ipv4`` / ``flannel-ipv6`` with chains
+  ``postrtg`` (nat, srcnat) and ``forward`` (filter), replaced as a whole in one ``nft -f -``
+  transaction, so there is never a moment with half the rules.
+* :mod:`flanneld.masq_iptables` (fallback when nft is missing, or chosen by flag): flannel's own
+  FLANNEL-POSTRTG / FLANNEL-FWD chains written with ``iptables-restore --noflush`` and jumped to
+  from POSTROUTING / FORWARD.
+
+Both are idempotent. ``apply()`` writes the rules for the current config (a new subnet simply
+replaces the old rules); ``check()`` compares what the kernel has with what was applied (rules
+deleted or edited by someone else are detected); ``ensure()`` is the periodic pass: check, and
+re-apply when needed; ``remove()`` deletes everything of ours. Calls are synchronous subprocess
+runs of a few milliseconds: from asyncio, use ``await asyncio.to_thread(rules.ensure)``.
+
+The renderers are pure (config -> script text) and covered by golden files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from flanneld.errors import FlannelError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MasqBackend = Literal["auto", "nft", "iptables"]
+
+KUBE_PROXY_MARK = 0x4000
+MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
+
+
+class MasqError(FlannelError):
+    """A rule program (nft, iptables-restore) failed; carries its stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class MasqConfig:
+    """What to program for one address family.
+
+    ``ip_masq``: flannel's ``--ip-masq`` postrouting rules; ``forward_rules``: the FORWARD
+    accepts for the Network (``--iptables-forward-rules``, default on).
+    """
+
+    network: IPNetwork
+    subnet: IPNetwork
+    ip_masq: bool = True
+    forward_rules: bool = True
+    random_fully: bool = True
+
+    def __post_init__(self) -> None:
+        if self.network.version != self.subnet.version:
+            raise ValueError("network and subnet must be of the same address family")
+        if not self.subnet.subnet_of(self.network):  # type: ignore[arg-type]
+            raise ValueError(f"subnet {self.subnet} is not inside network {self.network}")
+
+    @classmethod
+    def parse(
+        cls, network: str, subnet: str, *, ip_masq: bool = True, forward_rules: bool = True
+    ) -> MasqConfig:
+        """From strings; ``subnet`` may be FLANNEL_SUBNET's host form (10.244.1.1/24)."""
+        return cls(
+            ipaddress.ip_network(network, strict=True),
+            ipaddress.ip_interface(subnet).network,
+            ip_masq=ip_masq,
+            forward_rules=forward_rules,
+        )
+
+    @property
+    def family(self) -> int:
+        return self.network.version
+
+    @property
+    def multicast(self) -> IPNetwork:
+        return MULTICAST[self.family]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ip_masq or self.forward_rules)
+
+
+class MasqRules(Protocol):
+    """The operations the daemon calls, whatever the implementation."""
+
+    name: str
+
+    def apply(self) -> None: ...
+    def check(self) -> bool: ...
+    def ensure(self) -> bool: ...
+    def remove(self) -> None: ...
+    def update(self, config: MasqConfig) -> None: ...
+
+
+Runner = Callable[[Sequence[str], bytes | None], "subprocess.CompletedProcess[bytes]"]
+
+
+def command_runner(netns: str | None = None, timeout: float = 30.0) -> Runner:
+    """Runs rule programs, in named network namespace ``netns`` (``ip netns exec``) if given.
+
+    The daemon itself already runs in its node's namespace and passes None.
+    """
+    prefix: list[str] = ["ip", "netns", "exec", netns] if netns else []
+
+    def run(argv: Sequence[str], stdin: bytes | None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*prefix, *argv],
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+
+
+def run_checked(run: Runner, argv: Sequence[str], stdin: bytes | None = None) -> bytes:
+    proc = run(argv, stdin)
+    if proc.returncode != 0:
+        raise MasqError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode().strip()}")
+    return proc.stdout
+
+
+def nft_available(run: Runner) -> bool:
+    """nft is installed and the kernel answers nf_tables requests."""
+    if shutil.which("nft") is None:
+        return False
+    try:
+        return run(["nft", "list", "tables"], None).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def make_masq_rules(config: MasqConfig, backend: MasqBackend = "auto", netns: str | None = None) -> MasqRules:
+    """The rules object for ``config``: nft when available (or asked), else iptables."""
+    from flanneld.masq_iptables import IptablesMasq
+    from flanneld.masq_nft import NftMasq
+
+    run = command_runner(netns)
+    if backend == "nft" or (backend == "auto" and nft_available(run)):
+        return NftMasq(config, run)
+    return IptablesMasq(config, run)

@@ -1,0 +1,228 @@
+"""Kernel objects and netlink operations as plain data.
+
+Why: the backends decide *what* the kernel should hold with pure planners
+(``plan(own lease, peers, observed) -> [Op]``); only ``flanneld.netlink`` turns these values into
+netlink messages.  Keeping the vocabulary here, free of pyroute2, lets the planners be tested
+with golden op lists and no root, and lets the daemon count outcomes by kind without importing
+netlink.
+
+Kernel objects (``Address``, ``Route``, ``Neighbour``, ``FdbEntry``) compare by value; each has
+a ``key`` naming the kernel slot it occupies, so a planner can tell "missing" (no object under the
+key), "wrong" (another value under the key) and "stale" (a key nobody wants).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+RT_TABLE_MAIN = 254
+
+
+def normalize_mac(mac: str) -> str:
+    """``AA-bb:CC...`` -> ``aa:bb:cc:..``; raises ValueError for anything but 6 octets."""
+    parts = mac.replace("-", ":").lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    int("".join(parts), 16)  # ValueError on non-hex
+    return ":".join(parts)
+
+
+@dataclass(frozen=True)
+class Address:
+    """An IPv4 address on a device (``ip addr add <address>/<prefixlen> dev <ifindex>``)."""
+
+    ifindex: int
+    address: IPv4Address
+    prefixlen: int = 32
+
+    kind = "addr"
+
+    @property
+    def key(self) -> tuple[str, int, IPv4Address, int]:
+        return ("addr", self.ifindex, self.address, self.prefixlen)
+
+
+@dataclass(frozen=True)
+class Route:
+    """An IPv4 unicast route.  No gateway means a device route (scope link)."""
+
+    dst: IPv4Network
+    ifindex: int
+    gateway: IPv4Address | None = None
+    onlink: bool = False
+    table: int = RT_TABLE_MAIN
+
+    kind = "route"
+
+    @property
+    def key(self) -> tuple[str, int, IPv4Network]:
+        return ("route", self.table, self.dst)
+
+    @property
+    def scope_link(self) -> bool:
+        return self.gateway is None
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """An IPv4 neighbour (ARP) entry; ours are always NUD_PERMANENT."""
+
+    ifindex: int
+    address: IPv4Address
+    lladdr: str
+    permanent: bool = True
+
+    kind = "neigh"
+
+    @property
+    def key(self) -> tuple[str, int, IPv4Address]:
+        return ("neigh", self.ifindex, self.address)
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """A vxlan forwarding entry ``<lladdr> dst <dst> self permanent`` on a vxlan device."""
+
+    ifindex: int
+    lladdr: str
+    dst: IPv4Address
+
+    kind = "fdb"
+
+    @property
+    def key(self) -> tuple[str, int, str, IPv4Address]:
+        return ("fdb", self.ifindex, self.lladdr, self.dst)
+
+
+KernelObject = Address | Route | Neighbour | FdbEntry
+
+
+@dataclass(frozen=True)
+class VxlanLink:
+    """The attributes of a vxlan device that we create and check for compatibility."""
+
+    name: str
+    vni: int
+    local: IPv4Address
+    underlay_ifindex: int
+    port: int
+    mac: str
+    mtu: int
+    learning: bool = False
+    gbp: bool = False
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """What netlink tells about an existing device (observation, not an op)."""
+
+    name: str
+    index: int
+    mac: str
+    mtu: int
+    up: bool
+    kind: str = ""
+    vxlan: VxlanLink | None = None  # set when kind == "vxlan"
+    l2miss: bool = False
+    l3miss: bool = False
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    """One interface with its IPv4 addresses, for --iface / --iface-regex selection."""
+
+    name: str
+    index: int
+    mtu: int
+    up: bool
+    addresses: tuple[IPv4Address, ...] = ()
+    loopback: bool = False
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Make ``obj`` present (netlink NLM_F_CREATE|NLM_F_REPLACE: add or overwrite)."""
+
+    obj: KernelObject
+
+    @property
+    def kind(self) -> str:
+        return f"{self.obj.kind}_replace"
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Make ``obj`` absent; already gone is success."""
+
+    obj: KernelObject
+
+    @property
+    def kind(self) -> str:
+        return f"{self.obj.kind}_delete"
+
+
+@dataclass(frozen=True)
+class CreateVxlan:
+    """Create a vxlan device (the planner only asks when none of that name exists)."""
+
+    link: VxlanLink
+
+    @property
+    def kind(self) -> str:
+        return "link_create"
+
+
+@dataclass(frozen=True)
+class DeleteLink:
+    name: str
+
+    @property
+    def kind(self) -> str:
+        return "link_delete"
+
+
+@dataclass(frozen=True)
+class SetLink:
+    """Set MTU / MAC (when not None) and bring the device up."""
+
+    name: str
+    mtu: int | None = None
+    mac: str | None = None
+    up: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "link_set"
+
+
+Op = Replace | Delete | CreateVxlan | DeleteLink | SetLink
+
+
+class OpResult(enum.StrEnum):
+    OK = "ok"
+    ALREADY_PRESENT = "already_present"  # EEXIST on a create: the goal holds
+    ALREADY_GONE = "already_gone"  # ESRCH/ENOENT/ENODEV/EADDRNOTAVAIL on a delete
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one op; ``kind`` and ``result`` are the metric labels."""
+
+    op: Op
+    result: OpResult
+    errno: int = 0
+    message: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.op.kind
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not OpResult.FAILED

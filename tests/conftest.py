@@ -1,0 +1,52 @@
+"""Shared fixtures: real etcd servers on loopback, unique etcd prefixes, root checks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from etcd_server import EtcdServer  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need root (netlink, lab, fault) are skipped with a reason when not root."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, netlink)")
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("netlink", "lab", "fault")):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """One etcd for the whole session; tests isolate themselves with ``etcd_prefix``."""
+    server = EtcdServer(name="session")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    return f"/test-{uuid.uuid4().hex[:10]}/network"
+
+
+@pytest.fixture
+def fresh_etcd() -> Iterator[EtcdServer]:
+    """A private etcd a test may stop, restart or compact."""
+    server = EtcdServer(name="fresh")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

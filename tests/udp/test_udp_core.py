@@ -1,0 +1,239 @@
+"""Golden-packet and fuzz tests of the udp backend's sans-IO core (scapy builds the packets)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
+from scapy.packet import Raw
+
+from flanneld.backends.udp import core
+from flanneld.backends.udp.core import DropReason
+
+pytestmark = pytest.mark.unit
+
+LOCAL = core.LocalSubnet.parse("10.244.1.0/24")
+PEER = "198.18.0.2"
+
+
+def routes() -> core.RouteTable:
+    t = core.RouteTable()
+    t.set("10.244.2.0/24", PEER, 8285)
+    t.set("10.244.3.0/24", "198.18.0.3", 8285)
+    return t
+
+
+def golden(dst: str = "10.244.1.5", src: str = "10.244.2.7", ttl: int = 64, **ip: object) -> bytes:
+    return bytes(IP(src=src, dst=dst, ttl=ttl, id=0x1234, **ip) / TCP(sport=40000, dport=80)
+                 / Raw(b"x" * 100))
+
+
+def test_valid_packet_accepted() -> None:
+    assert core.check_ipv4(golden()) is None
+    assert core.check_received(golden(), PEER, routes().leased, LOCAL) is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda p: p[:19], DropReason.TRUNCATED),
+        (lambda p: b"", DropReason.TRUNCATED),
+        (lambda p: p[:-1], DropReason.TRUNCATED),
+        (lambda p: p + b"\0", DropReason.BAD_TOTAL_LENGTH),
+        (lambda p: b"\x65" + p[1:], DropReason.NOT_IPV4),
+        (lambda p: b"\x44" + p[1:], DropReason.BAD_HEADER_LENGTH),
+        (lambda p: p[:10] + bytes([p[10] ^ 1]) + p[11:], DropReason.BAD_HEADER_CHECKSUM),
+        (lambda p: p[:15] + bytes([p[15] ^ 1]) + p[16:], DropReason.BAD_HEADER_CHECKSUM),
+    ],
+)
+def test_invalid_packets(mutate: object, reason: DropReason) -> None:
+    assert callable(mutate)
+    assert core.check_ipv4(mutate(golden())) is reason
+
+
+def test_header_longer_than_packet() -> None:
+    # IHL 15 (60 bytes) but total length 40: scapy fixes the checksum for us
+    pkt = bytes(IP(ihl=15, len=40, dst="10.244.1.5", options=[]) / Raw(b"a" * 20))[:40]
+    assert core.check_ipv4(pkt) is DropReason.BAD_HEADER_LENGTH
+
+
+def test_ip_options_packet_valid() -> None:
+    from scapy.layers.inet import IPOption_NOP
+
+    pkt = bytes(IP(dst="10.244.1.5", options=[IPOption_NOP()] * 4) / UDP() / Raw(b"q"))
+    assert (pkt[0] & 0xF) == 6
+    assert core.check_ipv4(pkt) is None
+
+
+def test_received_from_unleased_sender() -> None:
+    assert core.check_received(golden(), "198.18.0.99", routes().leased, LOCAL) is \
+        DropReason.SOURCE_NO_LEASE
+
+
+def test_received_for_foreign_destination() -> None:
+    assert core.check_received(golden(dst="10.244.2.9"), PEER, routes().leased, LOCAL) is \
+        DropReason.DESTINATION_NOT_LOCAL
+
+
+def test_lease_check_comes_first() -> None:
+    assert core.check_received(b"junk", "198.18.0.99", routes().leased, LOCAL) is \
+        DropReason.SOURCE_NO_LEASE
+
+
+@given(ttl=st.integers(2, 255), ident=st.integers(0, 0xFFFF), tos=st.integers(0, 255),
+       proto=st.integers(0, 255), flags=st.sampled_from([0, 2]),
+       src=st.integers(0, 2**32 - 1), dst=st.integers(0, 2**32 - 1))
+@settings(max_examples=2000, deadline=None)
+def test_ttl_decrement_matches_full_recompute(ttl: int, ident: int, tos: int, proto: int,
+                                               flags: int, src: int, dst: int) -> None:
+    s, d = str(ipaddress.IPv4Address(src)), str(ipaddress.IPv4Address(dst))
+    pkt = bytearray(bytes(IP(src=s, dst=d, ttl=ttl, id=ident, tos=tos, proto=proto,
+                             flags=flags) / Raw(b"p")))
+    assert core.decrement_ttl(pkt)
+    want = bytes(IP(src=s, dst=d, ttl=ttl - 1, id=ident, tos=tos, proto=proto, flags=flags)
+                 / Raw(b"p"))
+    assert pkt[8] == ttl - 1
+    assert core.check_ipv4(pkt) is None
+    # equal to a full recompute, up to the two representations of zero (0x0000/0xffff)
+    got_ck, want_ck = (pkt[10] << 8) | pkt[11], (want[10] << 8) | want[11]
+    assert got_ck == want_ck or {got_ck, want_ck} == {0, 0xFFFF}
+    assert pkt[:10] == want[:10] and pkt[12:] == want[12:]
+
+
+@pytest.mark.parametrize("ttl", [0, 1])
+def test_ttl_expired_leaves_packet_untouched(ttl: int) -> None:
+    pkt = bytearray(golden(ttl=ttl))
+    before = bytes(pkt)
+    assert not core.decrement_ttl(pkt)
+    assert bytes(pkt) == before
+
+
+def test_checksum_matches_scapy() -> None:
+    pkt = IP(bytes(IP(src="10.244.1.2", dst="10.244.2.2") / UDP(sport=1, dport=2) / Raw(b"abc")))
+    want = pkt[UDP].chksum
+    raw = bytearray(bytes(pkt[UDP]))
+    raw[6:8] = b"\0\0"
+    ph = core.pseudo_header_sum(bytes(pkt)[12:16], bytes(pkt)[16:20], 17, len(raw))
+    assert core.checksum(raw, ph) == want
+
+
+def test_route_lookup() -> None:
+    t = routes()
+    dst = int(ipaddress.IPv4Address("10.244.2.200"))
+    assert t.lookup(dst) == (PEER, 8285)
+    assert t.lookup(int(ipaddress.IPv4Address("10.244.9.1"))) is None
+    assert t.leased == {PEER, "198.18.0.3"}
+    t.set("10.244.2.128/25", "198.18.0.9", 8285)  # a longer prefix wins
+    assert t.lookup(dst) == ("198.18.0.9", 8285)
+    assert t.lookup(int(ipaddress.IPv4Address("10.244.2.1"))) == (PEER, 8285)
+    assert t.delete("10.244.2.128/25")
+    assert not t.delete("10.244.2.128/25")
+    assert t.delete("10.244.2.0/24")
+    assert t.lookup(dst) is None
+    assert t.leased == {"198.18.0.3"}
+    assert len(t) == 1
+
+
+def test_net_unreachable_golden() -> None:
+    offender = golden(src="10.244.1.5", dst="10.244.9.9")
+    reply = core.build_net_unreachable(offender)
+    assert reply is not None
+    p = IP(reply)
+    assert (p.src, p.dst, p.proto) == ("10.244.9.9", "10.244.1.5", 1)
+    assert (p[ICMP].type, p[ICMP].code) == (3, 0)
+    assert bytes(p[IPerror])[:28] == offender[:28]
+    # scapy recomputes both checksums: they must equal ours
+    again = IP(reply)
+    del again.chksum
+    del again[ICMP].chksum
+    assert bytes(again) == reply
+
+
+def test_frag_needed_golden() -> None:
+    offender = golden(src="10.244.1.5", dst="10.244.2.9", flags="DF")
+    reply = core.build_frag_needed(offender, 1472)
+    assert reply is not None
+    p = IP(reply)
+    assert (p[ICMP].type, p[ICMP].code, p[ICMP].nexthopmtu) == (3, 4, 1472)
+    again = IP(reply)
+    del again.chksum
+    del again[ICMP].chksum
+    assert bytes(again) == reply
+
+
+def test_no_icmp_about_icmp_errors_or_fragments() -> None:
+    err = core.build_net_unreachable(golden(src="10.244.1.5", dst="10.244.9.9"))
+    assert err is not None
+    assert core.build_net_unreachable(err) is None
+    frag = bytes(IP(src="10.244.1.5", dst="10.244.9.9", frag=10) / Raw(b"z" * 16))
+    assert core.build_net_unreachable(frag) is None
+    echo = bytes(IP(src="10.244.1.5", dst="10.244.9.9") / ICMP(type=8))
+    assert core.build_net_unreachable(echo) is not None
+
+
+def test_from_tun_verdicts() -> None:
+    t = routes()
+    ok = bytearray(golden(src="10.244.1.5", dst="10.244.3.3"))
+    v = core.from_tun(ok, t, 1472)
+    assert v.peer == ("198.18.0.3", 8285) and v.drop is None and ok[8] == 63
+    v = core.from_tun(bytearray(golden(src="10.244.1.5", dst="10.244.7.3")), t, 1472)
+    assert v.drop is DropReason.NO_ROUTE and v.reply is not None
+    big = bytearray(bytes(IP(src="10.244.1.5", dst="10.244.2.3", flags="DF") / Raw(b"b" * 1500)))
+    v = core.from_tun(big, t, 1472)
+    assert v.drop is DropReason.TOO_BIG and v.reply is not None
+    assert IP(v.reply)[ICMP].nexthopmtu == 1472
+    v = core.from_tun(bytearray(golden(src="10.244.1.5", dst="10.244.2.3", ttl=1)), t, 1472)
+    assert v.drop is DropReason.TTL_EXPIRED
+    assert core.from_tun(bytearray(b"\x60" + bytes(39)), t, 1472).drop is DropReason.NOT_IPV4
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzz: >= 10,000 garbage / truncated / bit-flipped datagrams; nothing escapes, all is counted
+
+_VALID = golden()
+_datagrams = st.one_of(
+    st.binary(max_size=1600),
+    st.integers(0, len(_VALID)).map(lambda n: _VALID[:n]),
+    st.tuples(st.integers(0, len(_VALID) - 1), st.integers(1, 255)).map(
+        lambda t: _VALID[: t[0]] + bytes([_VALID[t[0]] ^ t[1]]) + _VALID[t[0] + 1:]),
+    st.binary(min_size=20, max_size=80).map(lambda b: b"\x45" + b[1:]),
+)
+_senders = st.sampled_from([PEER, "198.18.0.3", "198.18.0.99", "127.0.0.1"])
+_FUZZ = {"seen": 0, "accepted": 0, "drops": core.new_drop_counters()}
+
+
+@given(pkt=_datagrams, sender=_senders)
+@settings(max_examples=10_000, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_received_datagrams_never_raise_and_are_counted(pkt: bytes, sender: str) -> None:
+    t = routes()
+    drops = core.new_drop_counters()
+    accepted = core.accept_received(pkt, sender, t, LOCAL, drops)
+    assert sum(drops) == (0 if accepted else 1)
+    if accepted:
+        assert sender in t.leased and core.check_ipv4(pkt) is None
+    # and the TUN-side decision never raises either
+    v = core.from_tun(bytearray(pkt), t, 1472)
+    assert (v.peer is None) == (v.drop is not None)
+    _FUZZ["seen"] += 1  # type: ignore[operator]
+    _FUZZ["accepted"] += int(accepted)  # type: ignore[operator]
+    for i, n in enumerate(drops):
+        _FUZZ["drops"][i] += n  # type: ignore[index]
+
+
+def test_fuzz_totals() -> None:
+    """Runs after the fuzz test (file order): every datagram was accepted or counted once."""
+    if _FUZZ["seen"] == 0:
+        pytest.skip("fuzz test not run in this session")
+    drops = _FUZZ["drops"]
+    assert isinstance(drops, list)
+    assert _FUZZ["seen"] >= 10_000
+    assert _FUZZ["accepted"] + sum(drops) == _FUZZ["seen"]
+    # the generator reaches every validation reason
+    for r in (DropReason.TRUNCATED, DropReason.NOT_IPV4, DropReason.BAD_HEADER_LENGTH,
+              DropReason.BAD_HEADER_CHECKSUM, DropReason.SOURCE_NO_LEASE,
+              DropReason.BAD_TOTAL_LENGTH):
+        assert drops[r] > 0, r
