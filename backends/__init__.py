@@ -21,6 +21,11 @@ _REGISTRY: dict[str, str] = {
 }
 
 
+def register_backend(type_name: str, target: str) -> None:
+    """Add a backend as ``"package.module:Class"`` (out-of-tree backends, test doubles)."""
+    _REGISTRY[type_name.lower()] = target
+
+
 def known_types() -> list[str]:
     return sorted(_REGISTRY)
 

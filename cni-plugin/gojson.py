@@ -61,7 +61,14 @@ def loads(text: str | bytes, go_numbers: bool = False) -> Any:
     scan = _go_scanner if go_numbers else _int_scanner
     start = len(text) - len(text.lstrip(_WS))
     try:
-        value, end = scan(text, start)
+        try:
+            value, end = scan(text, start)
+        except SystemError:
+            # _json reports syntax errors through json.decoder.JSONDecodeError, which it only
+            # finds when json.decoder is already imported: import it now (error path only).
+            import json.decoder  # noqa: F401
+
+            value, end = scan(text, start)
     except StopIteration as exc:
         raise DecodeError(f"invalid JSON at offset {exc.value}") from None
     except (ValueError, RecursionError) as exc:  # json.decoder.JSONDecodeError is a ValueError

@@ -249,6 +249,7 @@ class Metrics:
         self._source_errors = 0
 
         self._build = Info("flannel_build", "Build information of the running daemon.", registry=r)
+        self._version = version
         self._build.info({"version": version, "backend": backend})
 
         self._ready = Gauge(
@@ -328,6 +329,11 @@ class Metrics:
     def set_lease_expiry(self, timestamp: float | None) -> None:
         """Unix time the own lease expires; ``None`` (or 0) while no lease is held."""
         self._lease_expiry.set(timestamp or 0)
+
+    def set_backend(self, backend: str) -> None:
+        """Update build info once the backend type is known (read from the network config)."""
+        self.backend = backend
+        self._build.info({"version": self._version, "backend": backend})
 
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1 if ready else 0)

@@ -18,15 +18,28 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
-
 from flanneld.backends.udp import core
 from flanneld.backends.udp.core import DropReason
+from flanneld.backends.udp.tun import Tun
 
-if TYPE_CHECKING:
-    from flanneld.backends.udp.datapath import Datapath
+
+class Datapath(Protocol):
+    """What the offload callbacks use of `datapath.Datapath` (its tables and counters)."""
+
+    tun: Tun
+    sock: socket.socket
+    mtu: int
+    local: core.LocalSubnet
+    routes: core.RouteTable
+    drops: list[int]
+    peers: dict[str, list[int]]
+
+    def peer_counters(self, host: str) -> list[int]: ...
+
+    def write_tun(self, pkt: bytes) -> None: ...
 
 SOL_UDP = 17  # Python 3.11 lacks these
 UDP_SEGMENT = 103
@@ -144,8 +157,9 @@ class OffloadPath:
         self.view = memoryview(self.buf)
         self.out = np.zeros(65536 + 64 * 128, dtype=np.uint8)  # room for re-added headers
         self.out_view = memoryview(self.out.data).cast("B")
-        self.rbuf = bytearray(65536 + 1024)
-        self.rview = memoryview(self.rbuf)
+        self.rbuf = bytearray(VNET_HDR_LEN + 65536 + 1024)  # starts with a zero vnet header
+        self.rview = memoryview(self.rbuf)[VNET_HDR_LEN:]
+        self.rbufs = [self.rview]
         self.cmsg_space = socket.CMSG_SPACE(4)
         self.super_packets_tx = 0
         self.super_packets_rx = 0
@@ -162,10 +176,11 @@ class OffloadPath:
             if n < VNET_HDR_LEN + core.IPV4_MIN_HEADER:
                 drops[DropReason.TRUNCATED] += 1
                 continue
-            flags, gso_type, _hl, gso_size, cstart, coff = VNET_HDR.unpack_from(self.buf)
+            raw = self.buf
             pkt = view[VNET_HDR_LEN:n]
-            if gso_type == GSO_NONE:
-                if flags & F_NEEDS_CSUM and not finish_checksum(pkt, cstart, coff):
+            if raw[1] == GSO_NONE:
+                if raw[0] & F_NEEDS_CSUM and not finish_checksum(
+                        pkt, raw[6] | raw[7] << 8, raw[8] | raw[9] << 8):
                     drops[DropReason.BAD_OFFLOAD] += 1
                     continue
                 v = core.from_tun(pkt, routes, mtu)
@@ -175,8 +190,8 @@ class OffloadPath:
                         dp.write_tun(v.reply)
                     continue
                 self._send(pkt, v.peer, 0, 1)
-            elif gso_type & ~GSO_ECN == GSO_TCPV4:
-                self._send_super(pkt, gso_size)
+            elif raw[1] & ~GSO_ECN == GSO_TCPV4:
+                self._send_super(pkt, raw[4] | raw[5] << 8)
             else:
                 drops[DropReason.BAD_OFFLOAD] += 1
 
@@ -226,7 +241,8 @@ class OffloadPath:
 
     # -- underlay -> TUN ------------------------------------------------------------------
     def on_sock(self) -> None:
-        dp, recv, bufs, view = self.dp, self.dp.sock.recvmsg_into, [self.rbuf], self.rview
+        dp, recv, bufs, view = self.dp, self.dp.sock.recvmsg_into, self.rbufs, self.rview
+        whole, fd = memoryview(self.rbuf), dp.tun.fd
         drops, routes, local = dp.drops, dp.routes, dp.local
         for _ in range(BATCH):
             try:
@@ -235,6 +251,23 @@ class OffloadPath:
                 return
             if host not in routes.leased:
                 drops[DropReason.SOURCE_NO_LEASE] += 1
+                continue
+            if not anc:  # one packet: validate and write it behind the zeroed vnet header
+                p = view[:n]
+                bad = core.check_ipv4(p)
+                if bad is None and int.from_bytes(p[16:20], "big") & local.mask != local.network:
+                    bad = DropReason.DESTINATION_NOT_LOCAL
+                if bad is not None:
+                    drops[bad] += 1
+                    continue
+                try:
+                    os.write(fd, whole[: VNET_HDR_LEN + n])
+                except OSError:
+                    drops[DropReason.TUN_WRITE_FAILED] += 1
+                    continue
+                c = dp.peers.get(host) or dp.peer_counters(host)
+                c[2] += 1
+                c[3] += n
                 continue
             seg = n
             for level, kind, data in anc:

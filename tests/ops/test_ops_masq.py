@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MasqLab, in_ns, udp_probe
+from ops_netns import MasqLab, in_ns, udp_probe
 
 from flanneld.masq import MasqConfig, MasqRules, command_runner, make_masq_rules
 from flanneld.masq_iptables import IptablesMasq, render_restore
@@ -139,7 +139,7 @@ def test_ipv6_nft_applies(make_netns: Callable[[str], str]) -> None:
 def test_traffic_masquerade(kind: str, masq_lab: MasqLab) -> None:
     lab = masq_lab
     # Without rules the outside sees the pod address and cannot answer (no route back).
-    seen, replied = udp_probe(lab.pod, lab.outside, lab.outside_ip)
+    seen, replied = udp_probe(lab.pod, lab.outside, lab.outside_ip, tries=3)
     assert (seen, replied) == (lab.pod_ip, False)
 
     rules = rules_for(kind, MasqConfig.parse(lab.network, lab.subnet), lab.node)
@@ -156,7 +156,7 @@ def test_traffic_masquerade(kind: str, masq_lab: MasqLab) -> None:
 
     # deleted by hand: the periodic pass puts it back and masquerading works again
     delete_by_hand(kind, lab.node)
-    assert udp_probe(lab.pod, lab.outside, lab.outside_ip, port=5357)[0] == lab.pod_ip
+    assert udp_probe(lab.pod, lab.outside, lab.outside_ip, port=5357, tries=3)[0] == lab.pod_ip
     assert rules.ensure() is True
     assert udp_probe(lab.pod, lab.outside, lab.outside_ip, port=5358) == (
         lab.node_outside_ip,

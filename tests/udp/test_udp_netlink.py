@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import udp_topology as topo  # noqa: E402
-
-from flanneld.backends.udp.datapath import control  # noqa: E402
+import udp_topology as topo
+from flanneld.backends.udp.datapath import control
 
 pytestmark = [
     pytest.mark.netlink,
@@ -183,8 +182,9 @@ def test_wire_interop_with_c_forwarder(nodes: Path, cfwd_binary: Path, offload: 
     ours = topo.start_ours(0, nodes, offload=offload)
     cf = topo.start_cfwd(1, cfwd_binary, nodes)
     pcap = nodes / "underlay.pcap"
-    cap = topo.node_exec(topo.NODES[1], ["tcpdump", "-U", "--immediate-mode", "-Z", "root", "-n", "-i", "fudp-u2", "-w", str(pcap),
-                                         "udp port 8285"], nodes / "tcpdump.log")
+    tcpdump = ["tcpdump", "-U", "--immediate-mode", "-Z", "root", "-n", "-i", "fudp-u2", "-w",
+               str(pcap), "udp port 8285"]
+    cap = topo.node_exec(topo.NODES[1], tcpdump, nodes / "tcpdump.log")
     try:
         topo.wait_for(lambda: "listening" in cap.output(), 10, "tcpdump")
         for src, dst in ((0, 1), (1, 0)):

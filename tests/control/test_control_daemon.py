@@ -1,0 +1,164 @@
+"""The daemon's control loop in-process against a real etcd, with a recording backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+import recording_backend
+from etcd_server import EtcdServer, free_port
+
+from flanneld.backends import register_backend
+from flanneld.backends.base import ExternalInterface
+from flanneld.config import DaemonConfig, build_config
+from flanneld.daemon import Daemon
+from flanneld.etcd_store import EtcdStore, parse_endpoints
+from flanneld.lease import LeaseAttrs, subnets_prefix
+from flanneld.subnet_env import parse_subnet_env
+
+pytestmark = pytest.mark.etcd
+register_backend("recording", "recording_backend:RecordingBackend")
+EXT = ExternalInterface("eth0", 2, IPv4Address("198.18.0.1"), IPv4Address("198.18.0.1"), 1500)
+
+
+async def fixed_interface(config: DaemonConfig) -> ExternalInterface:
+    return EXT
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except urllib.error.URLError:
+        return 0  # not listening yet
+
+
+async def until_status(url: str, status: int, timeout: float = 10.0) -> None:
+    """Poll from a thread: the daemon's listener runs on this test's event loop."""
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(http_status, url) != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} never answered {status}")
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    def __init__(self, daemon: Daemon, task: asyncio.Task[int], port: int) -> None:
+        self.daemon, self.task, self.port = daemon, task, port
+
+    def status(self, path: str) -> int:
+        return http_status(f"http://127.0.0.1:{self.port}{path}")
+
+
+@pytest.fixture
+async def running(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> AsyncIterator[Running]:
+    admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+    await admin.put(f"{etcd_prefix}/config", json.dumps(
+        {"Network": "10.9.0.0/16", "Backend": {"Type": "recording"}}).encode())
+    await admin.close()
+    port = free_port()
+    config = build_config(
+        ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
+         "--subnet-file", str(tmp_path / "subnet.env"), "--healthz-port", str(port),
+         "--subnet-lease-ttl", "8", "--docker-opts-file", str(tmp_path / "docker_opts.env")],
+        {},
+    )
+    store = EtcdStore(parse_endpoints(config.etcd_endpoints), timeout=2)
+    recording_backend.CALLS.clear()
+    daemon = Daemon(config, store, fixed_interface)
+    task = asyncio.create_task(daemon.run())
+    yield Running(daemon, task, port)
+    daemon.stopping.set()
+    assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_lease_files_readiness_peers_renewal_and_loss(
+    running: Running, etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    daemon = running.daemon
+    await until(lambda: daemon.readiness.ready)
+    assert await asyncio.to_thread(running.status, "/readyz") == 200
+    assert await asyncio.to_thread(running.status, "/healthz") == 200
+    lease = daemon.lease
+    assert lease is not None
+    env = parse_subnet_env((tmp_path / "subnet.env").read_text())
+    assert env == {
+        "FLANNEL_NETWORK": "10.9.0.0/16",
+        "FLANNEL_SUBNET": f"{lease.subnet.network_address + 1}/24",
+        "FLANNEL_MTU": "1450",
+        "FLANNEL_IPMASQ": "false",
+    }
+    assert "--mtu=1450" in (tmp_path / "docker_opts.env").read_text()
+
+    admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+    prefix = subnets_prefix(etcd_prefix)
+    try:
+        # A peer appears, one of another backend type is ignored, then the first goes away.
+        await admin.put(prefix + "10.9.200.0-24",
+                        LeaseAttrs(IPv4Address("198.18.0.9"), "recording").to_json().encode())
+        await admin.put(prefix + "10.9.201.0-24",
+                        LeaseAttrs(IPv4Address("198.18.0.10"), "vxlan").to_json().encode())
+        await until(lambda: ("reconcile", (False, ["10.9.200.0/24"])) in recording_backend.CALLS)
+        await admin.delete(prefix + "10.9.200.0-24")
+        await until(lambda: recording_backend.CALLS[-1] == ("reconcile", (False, [])))
+
+        # Renewal before expiry (TTL 8 s, renewed at half of it): the key outlives its first lease.
+        first_id = lease.etcd_lease_id
+        await until(lambda: daemon.lease is not None and daemon.lease.etcd_lease_id != first_id, 10)
+        kv = await admin.get(prefix + f"{lease.subnet.network_address}-24")
+        assert kv is not None and kv.lease_id == daemon.lease.etcd_lease_id
+        assert await admin.time_to_live(first_id) == -1  # superseded lease revoked
+
+        # Own lease deleted by hand: not ready in between, re-acquired with the same subnet.
+        transitions: list[bool] = []
+        daemon.readiness.add_listener(lambda ready, reason: transitions.append(ready))
+        await admin.delete(prefix + f"{lease.subnet.network_address}-24")
+        await until(lambda: transitions[-2:] == [False, True], 10)
+        assert daemon.readiness.ready
+        assert daemon.lease is not None and daemon.lease.subnet == lease.subnet
+        assert await admin.get(prefix + f"{lease.subnet.network_address}-24") is not None
+        metrics = daemon.metrics.render().decode()
+        assert 'flannel_lease_events_total{event="lose",result="ok"} 1.0' in metrics
+        assert 'flannel_lease_events_total{event="renew",result="ok"}' in metrics
+        assert not running.task.done()
+    finally:
+        await admin.close()
+
+
+async def test_readyz_is_503_until_a_config_exists(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = build_config(["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
+                           "--subnet-file", str(tmp_path / "s.env"), "--healthz-port", str(port)], {})
+    daemon = Daemon(config, EtcdStore(parse_endpoints(config.etcd_endpoints)), fixed_interface)
+    task = asyncio.create_task(daemon.run())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await until_status(url + "/healthz", 200)
+        assert await asyncio.to_thread(http_status, url + "/readyz") == 503
+        assert not (tmp_path / "s.env").exists()
+        admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+        await admin.put(f"{etcd_prefix}/config", b'{"Network":"10.9.0.0/16","Backend":{"Type":"recording"}}')
+        await admin.close()
+        await until(lambda: daemon.readiness.ready, 15)
+        assert (tmp_path / "s.env").exists()
+    finally:
+        daemon.stopping.set()
+        assert await asyncio.wait_for(task, 10) == 0

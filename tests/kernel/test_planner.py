@@ -1,0 +1,243 @@
+"""Golden op lists for the pure planners (no root, no kernel)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
+
+import pytest
+
+from flanneld.backends.hostgw import plan_routes
+from flanneld.backends.routing import AppliedState, count_repaired, peer_leases
+from flanneld.backends.vxlan import (
+    VxlanPeer,
+    choose_mac,
+    parse_options,
+    plan_address,
+    plan_device,
+    plan_peers,
+    random_vtep_mac,
+    vxlan_peer,
+)
+from flanneld.errors import NetworkConfigError
+from flanneld.lease import Lease, LeaseAttrs, make_backend_data
+from flanneld.netops import (
+    Address,
+    CreateVxlan,
+    Delete,
+    DeleteLink,
+    FdbEntry,
+    LinkInfo,
+    Neighbour,
+    OpResult,
+    Outcome,
+    Replace,
+    Route,
+    SetLink,
+    VxlanLink,
+)
+
+pytestmark = pytest.mark.unit
+
+DEV, EXT = 7, 2
+NET = N("10.244.0.0/16")
+MAC_B = "0a:00:00:00:00:0b"
+MAC_C = "0a:00:00:00:00:0c"
+
+
+def vx_lease(subnet: str, public_ip: str, mac: str, btype: str = "vxlan") -> Lease:
+    data = make_backend_data({"VNI": 1, "VtepMAC": mac}) if btype == "vxlan" else ""
+    return Lease(N(subnet), LeaseAttrs(A(public_ip), btype, data))
+
+
+OWN = vx_lease("10.244.1.0/24", "198.18.0.1", "0a:00:00:00:00:0a")
+B = vx_lease("10.244.2.0/24", "198.18.0.2", MAC_B)
+C = vx_lease("10.244.3.0/24", "198.18.0.3", MAC_C)
+
+
+def peers(*leases: Lease) -> list[VxlanPeer]:
+    return [p for lease in leases if (p := vxlan_peer(lease)) is not None]
+
+
+def plan(observed: list, *leases: Lease, direct: bool = False, on_link: frozenset = frozenset()):
+    return plan_peers(OWN, peers(*leases), observed, device_index=DEV, ext_index=EXT,
+                      network=NET, direct_routing=direct, on_link=on_link)
+
+
+def b_objects(mac: str = MAC_B) -> list:
+    return [
+        FdbEntry(DEV, mac, A("198.18.0.2")),
+        Neighbour(DEV, A("10.244.2.0"), mac),
+        Route(N("10.244.2.0/24"), DEV, A("10.244.2.0"), onlink=True),
+    ]
+
+
+def test_add_two_peers_golden() -> None:
+    assert plan([], C, B) == [
+        Replace(FdbEntry(DEV, MAC_B, A("198.18.0.2"))),
+        Replace(FdbEntry(DEV, MAC_C, A("198.18.0.3"))),
+        Replace(Neighbour(DEV, A("10.244.2.0"), MAC_B)),
+        Replace(Neighbour(DEV, A("10.244.3.0"), MAC_C)),
+        Replace(Route(N("10.244.2.0/24"), DEV, A("10.244.2.0"), onlink=True)),
+        Replace(Route(N("10.244.3.0/24"), DEV, A("10.244.3.0"), onlink=True)),
+    ]
+
+
+def test_nothing_to_do_when_kernel_matches() -> None:
+    assert plan(b_objects(), B) == []
+
+
+def test_remove_peer_golden() -> None:
+    assert plan(b_objects()) == [
+        Delete(Route(N("10.244.2.0/24"), DEV, A("10.244.2.0"), onlink=True)),
+        Delete(Neighbour(DEV, A("10.244.2.0"), MAC_B)),
+        Delete(FdbEntry(DEV, MAC_B, A("198.18.0.2"))),
+    ]
+
+
+def test_changed_mac_golden() -> None:
+    new = vx_lease("10.244.2.0/24", "198.18.0.2", MAC_C)
+    assert plan(b_objects(), new) == [
+        Replace(FdbEntry(DEV, MAC_C, A("198.18.0.2"))),
+        Replace(Neighbour(DEV, A("10.244.2.0"), MAC_C)),
+        Delete(FdbEntry(DEV, MAC_B, A("198.18.0.2"))),
+    ]
+
+
+def test_direct_routing_golden() -> None:
+    on_link = frozenset({A("198.18.0.2")})
+    assert plan([], B, C, direct=True, on_link=on_link) == [
+        Replace(FdbEntry(DEV, MAC_C, A("198.18.0.3"))),
+        Replace(Neighbour(DEV, A("10.244.3.0"), MAC_C)),
+        Replace(Route(N("10.244.2.0/24"), EXT, A("198.18.0.2"))),
+        Replace(Route(N("10.244.3.0/24"), DEV, A("10.244.3.0"), onlink=True)),
+    ]
+    # a peer that became directly reachable: the vxlan route is replaced, its entries go
+    assert plan(b_objects(), B, direct=True, on_link=on_link) == [
+        Replace(Route(N("10.244.2.0/24"), EXT, A("198.18.0.2"))),
+        Delete(Neighbour(DEV, A("10.244.2.0"), MAC_B)),
+        Delete(FdbEntry(DEV, MAC_B, A("198.18.0.2"))),
+    ]
+
+
+def test_stale_cleanup_touches_only_our_entries() -> None:
+    foreign = [
+        Route(N("0.0.0.0/0"), EXT, A("198.18.0.254")),  # default route
+        Route(N("198.18.0.0/24"), EXT),  # underlay
+        Route(N("10.244.1.0/24"), 9),  # own subnet on cni0
+        Route(N("10.244.1.0/24"), EXT, A("198.18.0.9")),  # own subnet: never ours to delete
+        Route(N("10.99.0.0/24"), DEV, A("10.99.0.0"), onlink=True),  # outside the Network
+        Route(N("10.244.8.0/25"), EXT, A("198.18.0.8")),  # not lease-sized
+        Neighbour(DEV, A("10.244.9.0"), "", permanent=False),  # kernel-managed
+        Neighbour(5, A("10.244.9.0"), MAC_B),  # another device
+        FdbEntry(5, MAC_B, A("198.18.0.2")),
+    ]
+    stale = [
+        Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True),
+        Route(N("10.244.5.0/24"), EXT, A("198.18.0.5")),  # old host-gw / DirectRouting route
+        Neighbour(DEV, A("10.244.4.0"), MAC_C),
+        FdbEntry(DEV, MAC_C, A("198.18.0.4")),
+    ]
+    assert plan(foreign + stale + b_objects(), B) == [
+        Delete(Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True)),
+        Delete(Route(N("10.244.5.0/24"), EXT, A("198.18.0.5"))),
+        Delete(Neighbour(DEV, A("10.244.4.0"), MAC_C)),
+        Delete(FdbEntry(DEV, MAC_C, A("198.18.0.4"))),
+    ]
+
+
+def test_wrong_values_under_our_keys_are_replaced() -> None:
+    observed = [
+        FdbEntry(DEV, MAC_B, A("198.18.0.2")),
+        Neighbour(DEV, A("10.244.2.0"), "", permanent=False),  # an ARP attempt, not ours
+        Route(N("10.244.2.0/24"), 9, A("10.244.2.9")),  # someone else's route in our slot
+    ]
+    assert plan(observed, B) == [
+        Replace(Neighbour(DEV, A("10.244.2.0"), MAC_B)),
+        Replace(Route(N("10.244.2.0/24"), DEV, A("10.244.2.0"), onlink=True)),
+    ]
+
+
+def test_peer_selection() -> None:
+    udp = vx_lease("10.244.4.0/24", "198.18.0.4", "", btype="")
+    hgw = vx_lease("10.244.5.0/24", "198.18.0.5", "", btype="host-gw")
+    broken = Lease(N("10.244.6.0/24"), LeaseAttrs(A("198.18.0.6"), "vxlan", '{"VNI":1}'))
+    table = {lease.subnet: lease for lease in (OWN, B, C, udp, hgw, broken)}
+    chosen = peer_leases(table, OWN, lambda lease: lease.attrs.backend_type == "vxlan")
+    assert [lease.subnet for lease in chosen] == [B.subnet, C.subnet, broken.subnet]
+    assert [p.subnet for p in peers(*chosen)] == [B.subnet, C.subnet]
+
+
+def test_hostgw_golden() -> None:
+    own = Lease(N("10.244.1.0/24"), LeaseAttrs(A("198.18.0.1"), "host-gw"))
+    b = Lease(N("10.244.2.0/24"), LeaseAttrs(A("198.18.0.2"), "host-gw"))
+    observed = [
+        Route(N("10.244.3.0/24"), EXT, A("198.18.0.3")),  # stale
+        Route(N("198.18.0.0/24"), EXT),
+        Route(N("10.244.1.0/24"), 9),
+    ]
+    assert plan_routes(own, [b], observed, ext_index=EXT, network=NET) == [
+        Replace(Route(N("10.244.2.0/24"), EXT, A("198.18.0.2"))),
+        Delete(Route(N("10.244.3.0/24"), EXT, A("198.18.0.3"))),
+    ]
+
+
+def want_link(mac: str = "0a:00:00:00:00:0a") -> VxlanLink:
+    return VxlanLink("flannel.1", 1, A("198.18.0.1"), EXT, 8472, mac, 1450)
+
+
+def test_device_plan() -> None:
+    want = want_link()
+    assert plan_device(want, None) == [CreateVxlan(want), SetLink("flannel.1")]
+    same = LinkInfo("flannel.1", DEV, want.mac, 1450, True, "vxlan", want)
+    assert plan_device(want, same) == []
+    down_small = LinkInfo("flannel.1", DEV, want.mac, 1400, False, "vxlan", want)
+    assert plan_device(want, down_small) == [SetLink("flannel.1", mtu=1450)]
+    other_vni = VxlanLink("flannel.1", 2, A("198.18.0.1"), EXT, 8472, want.mac, 1450)
+    incompatible = LinkInfo("flannel.1", DEV, want.mac, 1450, True, "vxlan", other_vni)
+    assert plan_device(want, incompatible) == [
+        DeleteLink("flannel.1"), CreateVxlan(want), SetLink("flannel.1")]
+    l3miss = LinkInfo("flannel.1", DEV, want.mac, 1450, True, "vxlan", want, l3miss=True)
+    assert plan_device(want, l3miss)[0] == DeleteLink("flannel.1")
+
+
+def test_mac_survives() -> None:
+    existing = LinkInfo("flannel.1", DEV, "0a:00:00:00:00:99", 1450, True, "vxlan", want_link())
+    assert choose_mac(None, existing) == "0a:00:00:00:00:99"
+    assert choose_mac("0a:00:00:00:00:0a", None) == "0a:00:00:00:00:0a"
+    assert choose_mac("0a:00:00:00:00:0a", existing) == "0a:00:00:00:00:0a"
+    for _ in range(50):
+        first = int(random_vtep_mac()[:2], 16)
+        assert first & 0x02 and not first & 0x01  # locally administered unicast
+
+
+def test_address_plan() -> None:
+    observed = [Address(DEV, A("10.244.7.0"), 32), Address(EXT, A("198.18.0.1"), 24)]
+    assert plan_address(OWN, DEV, observed) == [
+        Replace(Address(DEV, A("10.244.1.0"), 32)),
+        Delete(Address(DEV, A("10.244.7.0"), 32)),
+    ]
+
+
+def test_options() -> None:
+    opts = parse_options({"vni": 4, "PORT": 4789, "GBP": True, "DirectRouting": True})
+    assert (opts.vni, opts.port, opts.gbp, opts.direct_routing, opts.learning) == (
+        4, 4789, True, True, False)
+    assert opts.device_name == "flannel.4"
+    assert parse_options({}).port == 8472 and parse_options({"Port": 0}).port == 8472
+    with pytest.raises(NetworkConfigError, match="Backend.VNI"):
+        parse_options({"VNI": 1 << 24})
+    with pytest.raises(NetworkConfigError, match="Backend.Learning"):
+        parse_options({"Learning": "yes"})
+
+
+def test_applied_state_and_repair_count() -> None:
+    state = AppliedState()
+    ops = plan([], B)
+    state.record([Outcome(ops[0], OpResult.OK), Outcome(ops[1], OpResult.FAILED, 19),
+                  Outcome(ops[2], OpResult.OK)])
+    # the failed neighbour is retried by the next incremental plan
+    assert plan(list(state.objects.values()), B) == [ops[1]]
+    # drift: the route went missing in the kernel, the fdb entry is still there
+    full = plan([b_objects()[0], b_objects()[1]], B)
+    assert count_repaired(full, plan(b_objects(), B)) == 1
