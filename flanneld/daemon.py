@@ -258,10 +258,8 @@ class Daemon:
         while True:
             assert self.lease is not None
             delay = self._renew_delay() if retry_at is None else max(0.0, retry_at - time.monotonic())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lease_lost.wait(), delay)
-            except TimeoutError:
-                pass
             if self._lease_lost.is_set():
                 await self._reacquire()
                 retry_at = None

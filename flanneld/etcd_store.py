@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+# grpc's C core prints its own transport errors on stderr; ours say the same in one log line.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import aetcd
 from aetcd import exceptions as etcd_exc
@@ -140,6 +144,17 @@ def _grpc_credentials(tls: TLSFiles) -> Any:
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
+def _explain(detail: str) -> str:
+    """Turn grpc's transport wording into what an operator should check."""
+    lowered = detail.lower()
+    if any(word in lowered for word in ("handshake", "ssl", "certificate", "tsi_")):
+        return (
+            "TLS failed: the server's certificate is not signed by --etcd-cafile, or it refused "
+            f"our client certificate: {detail}"
+        )
+    return detail
+
+
 class EtcdStore:
     """The real lease store.  One instance per process; safe for concurrent use."""
 
@@ -202,9 +217,18 @@ class EtcdStore:
                 raise StoreAuthError(
                     f"etcd {self._endpoints[index]} refused our credentials: {exc}"
                 ) from None
+            except etcd_exc.InvalidArgumentError as exc:
+                self._observe(op, "error", started)
+                if "authentication" in str(exc):
+                    raise StoreAuthError(
+                        f"etcd {self._endpoints[index]} refused our credentials: {exc}"
+                    ) from None
+                raise StoreUnavailableError(
+                    f"etcd {op} rejected by {self._endpoints[index]}: {exc}"
+                ) from None
             except _RETRYABLE as exc:
                 self._observe(op, "error", started)
-                detail = str(exc).strip() or type(exc).__name__
+                detail = _explain(str(exc).strip() or type(exc).__name__)
                 failures.append(f"{self._endpoints[index]}: {detail}")
                 self._current = (index + 1) % len(self._endpoints)
                 continue

@@ -39,12 +39,15 @@ class EtcdServer:
     netns: str | None = None
     initial_cluster: str | None = None
     extra_args: tuple[str, ...] = ()
+    # (ca, cert, key) PEM paths: serve https and require client certificates signed by ca.
+    tls: tuple[str, str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     _own_dir: bool = False
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -68,6 +71,10 @@ class EtcdServer:
             "--log-level=error",
             *self.extra_args,
         ]
+        if self.tls:
+            ca, cert, key = self.tls
+            cmd += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                    "--client-cert-auth"]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.proc = subprocess.Popen(
@@ -86,8 +93,14 @@ class EtcdServer:
                 check=False,
             )
             return r.returncode == 0 and b'"true"' in r.stdout
+        context = None
+        if self.tls:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.tls[0])
+            context.load_cert_chain(self.tls[1], self.tls[2])
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:  # noqa: S310
                 return b'"true"' in resp.read()
         except OSError:
             return False

@@ -166,8 +166,9 @@ class OffloadPath:
 
     # -- TUN -> underlay ------------------------------------------------------------------
     def on_tun(self) -> None:
-        dp, fd, bufs, view = self.dp, self.dp.tun.fd, [self.buf], self.view
-        drops, routes, mtu = dp.drops, dp.routes, dp.mtu
+        dp, fd, bufs, view, raw = self.dp, self.dp.tun.fd, [self.buf], self.view, self.buf
+        drops, routes, mtu, ttl = dp.drops, dp.routes, dp.mtu, core.decrement_ttl
+        sendto = dp.sock.sendto
         for _ in range(BATCH):
             try:
                 n = os.readv(fd, bufs)
@@ -176,24 +177,33 @@ class OffloadPath:
             if n < VNET_HDR_LEN + core.IPV4_MIN_HEADER:
                 drops[DropReason.TRUNCATED] += 1
                 continue
-            raw = self.buf
             pkt = view[VNET_HDR_LEN:n]
-            if raw[1] == GSO_NONE:
-                if raw[0] & F_NEEDS_CSUM and not finish_checksum(
-                        pkt, raw[6] | raw[7] << 8, raw[8] | raw[9] << 8):
+            if raw[1] != GSO_NONE:
+                if raw[1] & ~GSO_ECN == GSO_TCPV4:
+                    self._send_super(pkt, raw[4] | raw[5] << 8)
+                else:
                     drops[DropReason.BAD_OFFLOAD] += 1
-                    continue
-                v = core.from_tun(pkt, routes, mtu)
-                if v.peer is None:
-                    drops[v.drop or DropReason.NO_ROUTE] += 1
-                    if v.reply is not None:
-                        dp.write_tun(v.reply)
-                    continue
-                self._send(pkt, v.peer, 0, 1)
-            elif raw[1] & ~GSO_ECN == GSO_TCPV4:
-                self._send_super(pkt, raw[4] | raw[5] << 8)
-            else:
+                continue
+            if raw[0] & F_NEEDS_CSUM and not finish_checksum(
+                    pkt, raw[6] | raw[7] << 8, raw[8] | raw[9] << 8):
                 drops[DropReason.BAD_OFFLOAD] += 1
+                continue
+            # same inline fast path as the plain mode; the unusual goes through core.from_tun
+            peer = routes.lookup(int.from_bytes(raw[26:30], "big"))
+            if peer is None or raw[10] >> 4 != 4 or n - VNET_HDR_LEN > mtu or not ttl(pkt):
+                v = core.from_tun(pkt, routes, mtu)
+                drops[v.drop or DropReason.NO_ROUTE] += 1
+                if v.reply is not None:
+                    dp.write_tun(v.reply)
+                continue
+            try:
+                sendto(pkt, peer)
+            except OSError:
+                drops[DropReason.SEND_FAILED] += 1
+                continue
+            c = dp.peers.get(peer[0]) or dp.peer_counters(peer[0])
+            c[0] += 1
+            c[1] += n - VNET_HDR_LEN
 
     def _send_super(self, pkt: memoryview, mss: int) -> None:
         dp = self.dp

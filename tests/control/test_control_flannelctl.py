@@ -28,7 +28,7 @@ def test_config_set_validates_then_get(etcd_server: EtcdServer, etcd_prefix: str
     unknown = tmp_path / "unknown.json"
     unknown.write_text('{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}')
     r = ctl(etcd_server, etcd_prefix, "config", "set", str(unknown))
-    assert r.returncode == 1 and "known types: host-gw, udp, vxlan" in r.stderr
+    assert r.returncode == 1 and "known types: host-gw, udp, vxlan" in r.stderr  # fresh process
     assert etcdctl(etcd_server, "get", f"{etcd_prefix}/config") == ""  # nothing written
 
     good = tmp_path / "good.yaml"

@@ -16,7 +16,9 @@ from flanneld.netops import (
     Delete,
     DeleteLink,
     FdbEntry,
+    KernelObject,
     Neighbour,
+    Op,
     OpResult,
     Replace,
     Route,
@@ -41,13 +43,13 @@ def test_applier_idempotent(netns_factory: Callable[[str], str]) -> None:
             assert ext is not None
             mac = "0a:00:00:00:01:01"
             link = VxlanLink("flannel.1", 1, A("198.18.1.1"), ext.index, 8472, mac, 1450)
-            dev_ops = [CreateVxlan(link), SetLink("flannel.1")]
+            dev_ops: list[Op] = [CreateVxlan(link), SetLink("flannel.1")]
             assert [o.result for o in await nl.apply(dev_ops)] == [OpResult.OK] * 2
             again = await nl.apply([CreateVxlan(link)])
             assert again[0].result is OpResult.ALREADY_PRESENT and again[0].kind == "link_create"
             dev = await nl.link("flannel.1")
             assert dev is not None and dev.vxlan is not None and dev.up and dev.mac == mac
-            objs = [
+            objs: list[KernelObject] = [
                 Address(dev.index, A("10.244.1.0"), 32),
                 FdbEntry(dev.index, "0a:00:00:00:02:02", A("198.18.1.2")),
                 Neighbour(dev.index, A("10.244.2.0"), "0a:00:00:00:02:02"),

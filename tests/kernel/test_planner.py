@@ -6,7 +6,6 @@ from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 
 import pytest
-
 from flanneld.backends.hostgw import plan_routes
 from flanneld.backends.routing import AppliedState, count_repaired, peer_leases
 from flanneld.backends.vxlan import (
@@ -19,6 +18,7 @@ from flanneld.backends.vxlan import (
     random_vtep_mac,
     vxlan_peer,
 )
+
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netops import (
@@ -27,8 +27,10 @@ from flanneld.netops import (
     Delete,
     DeleteLink,
     FdbEntry,
+    KernelObject,
     LinkInfo,
     Neighbour,
+    Op,
     OpResult,
     Outcome,
     Replace,
@@ -59,12 +61,13 @@ def peers(*leases: Lease) -> list[VxlanPeer]:
     return [p for lease in leases if (p := vxlan_peer(lease)) is not None]
 
 
-def plan(observed: list, *leases: Lease, direct: bool = False, on_link: frozenset = frozenset()):
+def plan(observed: list[KernelObject], *leases: Lease, direct: bool = False,
+         on_link: frozenset[A] = frozenset()) -> list[Op]:
     return plan_peers(OWN, peers(*leases), observed, device_index=DEV, ext_index=EXT,
                       network=NET, direct_routing=direct, on_link=on_link)
 
 
-def b_objects(mac: str = MAC_B) -> list:
+def b_objects(mac: str = MAC_B) -> list[KernelObject]:
     return [
         FdbEntry(DEV, mac, A("198.18.0.2")),
         Neighbour(DEV, A("10.244.2.0"), mac),
@@ -121,7 +124,7 @@ def test_direct_routing_golden() -> None:
 
 
 def test_stale_cleanup_touches_only_our_entries() -> None:
-    foreign = [
+    foreign: list[KernelObject] = [
         Route(N("0.0.0.0/0"), EXT, A("198.18.0.254")),  # default route
         Route(N("198.18.0.0/24"), EXT),  # underlay
         Route(N("10.244.1.0/24"), 9),  # own subnet on cni0
@@ -132,7 +135,7 @@ def test_stale_cleanup_touches_only_our_entries() -> None:
         Neighbour(5, A("10.244.9.0"), MAC_B),  # another device
         FdbEntry(5, MAC_B, A("198.18.0.2")),
     ]
-    stale = [
+    stale: list[KernelObject] = [
         Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True),
         Route(N("10.244.5.0/24"), EXT, A("198.18.0.5")),  # old host-gw / DirectRouting route
         Neighbour(DEV, A("10.244.4.0"), MAC_C),
@@ -147,7 +150,7 @@ def test_stale_cleanup_touches_only_our_entries() -> None:
 
 
 def test_wrong_values_under_our_keys_are_replaced() -> None:
-    observed = [
+    observed: list[KernelObject] = [
         FdbEntry(DEV, MAC_B, A("198.18.0.2")),
         Neighbour(DEV, A("10.244.2.0"), "", permanent=False),  # an ARP attempt, not ours
         Route(N("10.244.2.0/24"), 9, A("10.244.2.9")),  # someone else's route in our slot
@@ -171,7 +174,7 @@ def test_peer_selection() -> None:
 def test_hostgw_golden() -> None:
     own = Lease(N("10.244.1.0/24"), LeaseAttrs(A("198.18.0.1"), "host-gw"))
     b = Lease(N("10.244.2.0/24"), LeaseAttrs(A("198.18.0.2"), "host-gw"))
-    observed = [
+    observed: list[KernelObject] = [
         Route(N("10.244.3.0/24"), EXT, A("198.18.0.3")),  # stale
         Route(N("198.18.0.0/24"), EXT),
         Route(N("10.244.1.0/24"), 9),
@@ -225,9 +228,9 @@ def test_options() -> None:
         4, 4789, True, True, False)
     assert opts.device_name == "flannel.4"
     assert parse_options({}).port == 8472 and parse_options({"Port": 0}).port == 8472
-    with pytest.raises(NetworkConfigError, match="Backend.VNI"):
+    with pytest.raises(NetworkConfigError, match=r"Backend\.VNI"):
         parse_options({"VNI": 1 << 24})
-    with pytest.raises(NetworkConfigError, match="Backend.Learning"):
+    with pytest.raises(NetworkConfigError, match=r"Backend\.Learning"):
         parse_options({"Learning": "yes"})
 
 
