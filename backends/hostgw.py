@@ -22,10 +22,10 @@ from flanneld.backends.routing import (
     count_repaired,
     diff,
     peer_leases,
+    plan_changed,
     route_owned_in,
     summarize,
 )
-
 from flanneld.errors import ConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netlink import Netlink
@@ -63,6 +63,7 @@ class HostGWBackend(Backend):
         self._owns_netlink = netlink is None
         self._own: Lease | None = None
         self._applied = AppliedState()
+        self._specs: dict[IPv4Network, Route] = {}
         self._lock = asyncio.Lock()
 
     def mtu(self) -> int:
@@ -91,16 +92,18 @@ class HostGWBackend(Backend):
         ext_index = self.ctx.ext.index
         network = self.ctx.netconf.network
         async with self._lock:
-            expected = plan_routes(own, wanted, list(self._applied.objects.values()),
-                                   ext_index=ext_index, network=network)
+            desired = [Route(p.subnet, ext_index, p.attrs.public_ip) for p in wanted]
+            specs: dict[IPv4Network, Route] = {r.dst: r for r in desired}
             repaired = 0
             if full:
                 observed = [r for r in await self._netlink.routes() if r.ifindex == ext_index]
                 ops = plan_routes(own, wanted, observed, ext_index=ext_index, network=network)
-                repaired = count_repaired(ops, expected)
+                repaired = count_repaired(ops, self._applied.objects)
                 self._applied.reset(observed)
             else:
-                ops = expected
+                ops = plan_changed(self._specs, specs, lambda route: (route,),
+                                   self._applied.objects)
+            self._specs = specs
             outcomes = await self._netlink.apply(ops)
             self._applied.record(outcomes)
         for o in outcomes:

@@ -15,13 +15,12 @@ route stops attracting traffic before its neighbour goes).  Within a kind, ops s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any
 
 from flanneld.backends.base import ReconcileResult
-
 from flanneld.lease import Lease
 from flanneld.netops import (
     Delete,
@@ -47,17 +46,58 @@ def diff(
 
     An observed object under a desired key with another value is replaced (whoever owns it: the
     slot is ours now); an observed object under no desired key is deleted only when ``owned``.
+    Replaces keep the order of ``desired`` within each kind (callers list peers sorted), so a
+    plan of 15000 objects needs no sort; deletes are sorted by key.
     """
     want: dict[Key, KernelObject] = {obj.key: obj for obj in desired}
     have: dict[Key, KernelObject] = {}
     for obj in observed:
         if obj.key in want or owned(obj):
             have[obj.key] = obj
-    replaces = [obj for key, obj in want.items() if have.get(key) != obj]
+    buckets: list[list[Op]] = [[] for _ in _REPLACE_ORDER]
+    for key, obj in want.items():
+        if have.get(key) != obj:
+            buckets[_REPLACE_ORDER[obj.kind]].append(Replace(obj))
     deletes = [obj for key, obj in have.items() if key not in want]
-    replaces.sort(key=lambda o: (_REPLACE_ORDER[o.kind], o.key))
     deletes.sort(key=lambda o: (_DELETE_ORDER[o.kind], o.key))
-    return [*(Replace(o) for o in replaces), *(Delete(o) for o in deletes)]
+    return [op for bucket in buckets for op in bucket] + [Delete(o) for o in deletes]
+
+
+def peer_sort_key(subnet: IPv4Network) -> int:
+    return int(subnet.network_address)
+
+
+def plan_changed(
+    old: Mapping[IPv4Network, Hashable],
+    new: Mapping[IPv4Network, Hashable],
+    objects_of: Callable[[Any], Sequence[KernelObject]],
+    applied: Mapping[Key, KernelObject],
+) -> list[Op]:
+    """Incremental plan: only peers whose spec changed (added, removed, different) are planned,
+    against what we applied for them, so one lease change costs O(changed), not O(peers)."""
+    desired: list[KernelObject] = []
+    before: list[KernelObject] = []
+    for subnet in sorted(new, key=peer_sort_key):
+        spec, old_spec = new[subnet], old.get(subnet)
+        if spec != old_spec:
+            desired.extend(objects_of(spec))
+            if old_spec is not None:
+                before.extend(objects_of(old_spec))
+    before.extend(o for subnet, spec in old.items() if subnet not in new for o in objects_of(spec))
+    observed = [applied[k] for k in {o.key for o in (*before, *desired)} if k in applied]
+    return diff(desired, observed, lambda _: True)
+
+
+def count_repaired(ops: Sequence[Op], applied: Mapping[Key, KernelObject]) -> int:
+    """Ops of a full plan that the last applied state did not predict: a replace of something
+    we believed present as is, or a delete of something we did not believe present."""
+    repaired = 0
+    for op in ops:
+        if isinstance(op, Replace):
+            repaired += applied.get(op.obj.key) == op.obj
+        elif isinstance(op, Delete):
+            repaired += op.obj.key not in applied
+    return repaired
 
 
 def route_owned_in(
@@ -82,7 +122,7 @@ def peer_leases(
     """Peer leases this backend programs, sorted by subnet; the own subnet never counts."""
     return [
         lease
-        for subnet, lease in sorted(peers.items())
+        for subnet, lease in sorted(peers.items(), key=lambda item: peer_sort_key(item[0]))
         if subnet != own.subnet and lease.attrs.public_ip != own.attrs.public_ip and handles(lease)
     ]
 
@@ -117,7 +157,3 @@ def summarize(outcomes: Sequence[Outcome], repaired: int) -> ReconcileResult:
     return ReconcileResult(applied=len(outcomes) - failed, repaired=repaired, failed=failed)
 
 
-def count_repaired(full_ops: Sequence[Op], expected_ops: Sequence[Op]) -> int:
-    """Ops the kernel dump made necessary beyond what the last applied state predicted."""
-    expected = set(expected_ops)
-    return sum(1 for op in full_ops if op not in expected)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar
@@ -32,10 +32,11 @@ from flanneld.backends.routing import (
     count_repaired,
     diff,
     peer_leases,
+    peer_sort_key,
+    plan_changed,
     route_owned_in,
     summarize,
 )
-
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netlink import KernelError, Netlink
@@ -174,23 +175,62 @@ def plan_address(own: Lease, device_index: int, observed: Sequence[Address]) -> 
     return diff([want], [a for a in observed if a.ifindex == device_index], lambda _: True)
 
 
-def desired_objects(
+@dataclass(frozen=True)
+class PeerSpec:
+    """Everything one peer's entries depend on; equal specs mean equal kernel objects."""
+
+    peer: VxlanPeer
+    device_index: int
+    ext_index: int
+    direct: bool = False
+
+
+def peer_objects(spec: PeerSpec) -> tuple[KernelObject, ...]:
+    peer = spec.peer
+    if spec.direct:
+        return (Route(peer.subnet, spec.ext_index, peer.public_ip),)
+    vtep_ip = peer.subnet.network_address
+    return (
+        FdbEntry(spec.device_index, peer.vtep_mac, peer.public_ip),
+        Neighbour(spec.device_index, vtep_ip, peer.vtep_mac),
+        Route(peer.subnet, spec.device_index, vtep_ip, onlink=True),
+    )
+
+
+def peer_specs(
     peers: Sequence[VxlanPeer],
     device_index: int,
     ext_index: int,
     direct_routing: bool,
-    on_link: frozenset[IPv4Address],
-) -> list[KernelObject]:
-    objs: list[KernelObject] = []
-    for peer in peers:
-        if direct_routing and peer.public_ip in on_link:
-            objs.append(Route(peer.subnet, ext_index, peer.public_ip))
-            continue
-        vtep_ip = peer.subnet.network_address
-        objs.append(FdbEntry(device_index, peer.vtep_mac, peer.public_ip))
-        objs.append(Neighbour(device_index, vtep_ip, peer.vtep_mac))
-        objs.append(Route(peer.subnet, device_index, vtep_ip, onlink=True))
-    return objs
+    on_link: frozenset[IPv4Address] | Mapping[IPv4Address, bool],
+) -> dict[IPv4Network, PeerSpec]:
+    return {
+        p.subnet: PeerSpec(p, device_index, ext_index,
+                           direct_routing and bool(p.public_ip in on_link
+                                                   if isinstance(on_link, frozenset)
+                                                   else on_link.get(p.public_ip, False)))
+        for p in sorted(peers, key=lambda p: peer_sort_key(p.subnet))
+    }
+
+
+def owned_by_vxlan(own: Lease, device_index: int, ext_index: int,
+                   network: IPv4Network) -> Callable[[KernelObject], bool]:
+    """Ours: routes of lease-sized subnets of the Network on the vxlan device or, via a
+    gateway, on the external interface (DirectRouting / an earlier host-gw run); permanent
+    neighbours and fdb entries on the vxlan device."""
+    route_owned = route_owned_in(network, own.subnet.prefixlen, own.subnet,
+                                 {device_index, ext_index})
+
+    def owned(obj: KernelObject) -> bool:
+        if isinstance(obj, Route):
+            return route_owned(obj) and (obj.ifindex == device_index or obj.gateway is not None)
+        if isinstance(obj, Neighbour):
+            return obj.ifindex == device_index and obj.permanent
+        if isinstance(obj, FdbEntry):
+            return obj.ifindex == device_index
+        return False
+
+    return owned
 
 
 def plan_peers(
@@ -204,26 +244,11 @@ def plan_peers(
     direct_routing: bool = False,
     on_link: frozenset[IPv4Address] = frozenset(),
 ) -> list[Op]:
-    """The pure planner: ops turning ``observed`` into the entries ``peers`` need.
-
-    Ours (deleted when no peer wants them): routes of lease-sized subnets of the Network on the
-    vxlan device or, via a gateway, on the external interface (DirectRouting / an earlier
-    host-gw run); permanent neighbours and fdb entries on the vxlan device.
-    """
-    route_owned = route_owned_in(network, own.subnet.prefixlen, own.subnet,
-                                 {device_index, ext_index})
-
-    def owned(obj: KernelObject) -> bool:
-        if isinstance(obj, Route):
-            return route_owned(obj) and (obj.ifindex == device_index or obj.gateway is not None)
-        if isinstance(obj, Neighbour):
-            return obj.ifindex == device_index and obj.permanent
-        if isinstance(obj, FdbEntry):
-            return obj.ifindex == device_index
-        return False
-
-    desired = desired_objects(peers, device_index, ext_index, direct_routing, on_link)
-    return diff(desired, observed, owned)
+    """The pure planner: ops turning ``observed`` into the entries ``peers`` need, deleting
+    entries that are ours (see ``owned_by_vxlan``) and that no peer wants."""
+    specs = peer_specs(peers, device_index, ext_index, direct_routing, on_link)
+    desired = [obj for spec in specs.values() for obj in peer_objects(spec)]
+    return diff(desired, observed, owned_by_vxlan(own, device_index, ext_index, network))
 
 
 class VXLANBackend(Backend):
@@ -242,6 +267,8 @@ class VXLANBackend(Backend):
         self._own: Lease | None = None
         self._applied = AppliedState()
         self._on_link: dict[IPv4Address, bool] = {}
+        self._specs: dict[IPv4Network, PeerSpec] = {}
+        self._parsed: dict[IPv4Network, tuple[Lease, VxlanPeer | None]] = {}
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -299,43 +326,55 @@ class VXLANBackend(Backend):
             wanted = {p.public_ip for p in peers}
             self._on_link = {ip: v for ip, v in self._on_link.items() if ip in wanted}
 
+    def _peers(self, peers: Mapping[IPv4Network, Lease], own: Lease) -> list[VxlanPeer]:
+        """Peer VTEPs from leases; parsed BackendData is cached per lease object."""
+        cache: dict[IPv4Network, tuple[Lease, VxlanPeer | None]] = {}
+        out: list[VxlanPeer] = []
+        for lease in peer_leases(peers, own, self.handles):
+            hit = self._parsed.get(lease.subnet)
+            parsed = hit[1] if hit is not None and (hit[0] is lease or hit[0] == lease) else (
+                vxlan_peer(lease))
+            cache[lease.subnet] = (lease, parsed)
+            if parsed is not None:
+                out.append(parsed)
+        self._parsed = cache
+        return out
+
     async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
         if self._own is None:
             raise RuntimeError("reconcile before activate")
         own = self._own
-        vpeers = [p for lease in peer_leases(peers, own, self.handles)
-                  if (p := vxlan_peer(lease)) is not None]
         async with self._lock:
+            vpeers = self._peers(peers, own)
             repaired = 0
+            recreated = False
             outcomes: list[Outcome] = []
             if full:
                 device_ops, recreated = await self._ensure_device()
                 repaired += device_ops
                 if recreated:
                     self._applied.reset(())
+                    self._specs = {}
                 addr_ops = plan_address(own, self.device_index,
                                         await self._netlink.addresses(self.device_index))
                 outcomes += await self._netlink.apply(addr_ops)
                 repaired += len(addr_ops)
             await self._refresh_on_link(vpeers, all_peers=full)
-
-            def plan(observed: Sequence[KernelObject]) -> list[Op]:
-                return plan_peers(
-                    own, vpeers, observed, device_index=self.device_index,
-                    ext_index=self.ctx.ext.index, network=self.ctx.netconf.network,
-                    direct_routing=self.options.direct_routing,
-                    on_link=frozenset(ip for ip, ok in self._on_link.items() if ok))
-
-            expected = plan(list(self._applied.objects.values()))
+            specs = peer_specs(vpeers, self.device_index, self.ctx.ext.index,
+                               self.options.direct_routing, self._on_link)
             if full:
                 observed = await self._observe()
-                ops = plan(observed)
-                repaired += (len(ops) if recreated else count_repaired(ops, expected))
-                # diff() still decides ownership; keeping only these two devices bounds memory
+                desired = [obj for spec in specs.values() for obj in peer_objects(spec)]
+                ops = diff(desired, observed, owned_by_vxlan(
+                    own, self.device_index, self.ctx.ext.index, self.ctx.netconf.network))
+                repaired += len(ops) if recreated else count_repaired(ops,
+                                                                      self._applied.objects)
+                # diff() decides ownership; keeping only these two devices bounds memory
                 self._applied.reset(o for o in observed
                                     if o.ifindex in (self.device_index, self.ctx.ext.index))
             else:
-                ops = expected
+                ops = plan_changed(self._specs, specs, peer_objects, self._applied.objects)
+            self._specs = specs
             peer_outcomes = await self._netlink.apply(ops)
             self._applied.record(peer_outcomes)
             outcomes += peer_outcomes

@@ -51,7 +51,7 @@ def peer(i: int) -> tuple[IPv4Network, IPv4Address, str]:
     """Peer i: subnet, PublicIP, VtepMAC."""
     subnet = IPv4Network((int(OWN_SUBNET.network_address) + (i + 1) * 256, 24))
     public_ip = IPv4Address(int(IPv4Address("198.18.1.0")) + i)
-    mac = "0a:%02x:%02x:%02x:%02x:01" % (i >> 24, (i >> 16) & 255, (i >> 8) & 255, i & 255)
+    mac = f"0a:{i >> 24:02x}:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:01"
     return subnet, public_ip, mac
 
 
@@ -163,7 +163,7 @@ async def single_change_latencies(backend: Any, leases: dict[Any, Any], n: int) 
     base = leases[subnet]
     out: list[float] = []
     for k in range(n):
-        mac = "0a:ff:00:00:%02x:%02x" % (k >> 8, k & 255)
+        mac = f"0a:ff:00:00:{k >> 8:02x}:{k & 255:02x}"
         leases[subnet] = Lease(subnet, LeaseAttrs(
             base.attrs.public_ip, "vxlan", make_backend_data({"VNI": 1, "VtepMAC": mac})),
             etcd_lease_id=1)
@@ -177,12 +177,12 @@ async def single_change_latencies(backend: Any, leases: dict[Any, Any], n: int) 
 def variants(ns: str, peers: int) -> dict[str, float]:
     """The same 3*peers requests on the raw socket, three ways (device from make_namespace)."""
     from flanneld.netlink import RawRtnl, encode_op
-    from flanneld.netops import Delete, FdbEntry, Neighbour, Replace, Route
+    from flanneld.netops import Delete, FdbEntry, KernelObject, Neighbour, Replace, Route
 
     out_json = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "flannel.1"],
                               check=True, capture_output=True, text=True).stdout
     index = json.loads(out_json)[0]["ifindex"]
-    objs = []
+    objs: list[KernelObject] = []
     for i in range(peers):
         subnet, public_ip, mac = peer(i)
         objs += [FdbEntry(index, mac, public_ip), Neighbour(index, subnet.network_address, mac),

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 
 from flanneld.backends.base import ExternalInterface
 from flanneld.config import DaemonConfig, build_config
@@ -37,10 +38,16 @@ def make_store(config: DaemonConfig, observer: object = None):  # type: ignore[n
 
 async def resolve_interface(config: DaemonConfig) -> ExternalInterface:
     from flanneld.iface import select_external_interface
+    from flanneld.netlink import Netlink
 
-    return await select_external_interface(
-        ifaces=config.iface, regexes=config.iface_regex, public_ip=config.public_ip or None
-    )
+    async with Netlink() as netlink:
+        return await select_external_interface(
+            netlink,
+            iface=config.iface,
+            iface_regex=config.iface_regex,
+            can_reach=IPv4Address(config.iface_can_reach) if config.iface_can_reach else None,
+            public_ip=IPv4Address(config.public_ip) if config.public_ip else None,
+        )
 
 
 async def _run(config: DaemonConfig) -> int:
@@ -58,14 +65,9 @@ async def _run(config: DaemonConfig) -> int:
 
 
 def setup_logging(config: DaemonConfig) -> None:
-    try:
-        from flanneld.logging_setup import configure_logging
-    except ImportError:  # pragma: no cover - fallback while the module is absent
-        level = logging.DEBUG if config.verbose > 1 else logging.INFO
-        logging.basicConfig(level=level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
-    configure_logging(verbose=config.verbose, json_format=config.log_format == "json")
+    from flanneld.logging_setup import setup_logging as install
+
+    install(config.verbose, json_format=config.log_format == "json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

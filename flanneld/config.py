@@ -30,6 +30,7 @@ class DaemonConfig:
     etcd_timeout: float = 5.0
     iface: tuple[str, ...] = ()
     iface_regex: tuple[str, ...] = ()
+    iface_can_reach: str = ""
     public_ip: str = ""
     subnet_file: str = "/run/flannel/subnet.env"
     subnet_lease_renew_margin: int = 60  # minutes
@@ -60,6 +61,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "etcd-timeout": ("float", "deadline of each etcd request, seconds"),
     "iface": ("list", "interface (name or address) for inter-host traffic; repeatable"),
     "iface-regex": ("list", "regex matched against interface names, then addresses; repeatable"),
+    "iface-can-reach": ("str", "pick the interface that routes to this address"),
     "public-ip": ("str", "IP accessible by other nodes for inter-host communication"),
     "subnet-file": ("str", "file the subnet environment is written to"),
     "subnet-lease-renew-margin": ("int", "renew the lease this many minutes before it expires"),
@@ -233,6 +235,11 @@ def validate(config: DaemonConfig) -> None:
             IPv4Address(config.public_ip)
         except ValueError:
             raise ConfigError(f"--public-ip: not an IPv4 address: {config.public_ip!r}") from None
+    if config.iface_can_reach:
+        try:
+            IPv4Address(config.iface_can_reach)
+        except ValueError:
+            raise ConfigError(f"--iface-can-reach: not an IPv4 address: {config.iface_can_reach!r}") from None
     if config.subnet_lease_renew_margin < 1:
         raise ConfigError("--subnet-lease-renew-margin: must be at least 1 minute")
     if config.subnet_lease_ttl < 5:

@@ -234,7 +234,39 @@ class EtcdStore:
                 continue
             self._observe(op, "ok", started)
             return result
-        raise StoreUnavailableError(f"etcd {op} failed on every endpoint: " + "; ".join(failures))
+        raise StoreUnavailableError(
+            f"etcd {op} failed on every endpoint ({await self.diagnose()}): " + "; ".join(failures)
+        )
+
+    async def diagnose(self) -> str:
+        """One phrase on the cluster's state: unreachable, or reachable but without quorum.
+
+        Uses the Maintenance Status call, which a member answers locally even without a leader.
+        """
+
+        async def status(index: int) -> int | None:
+            client = self._client(index)
+            try:
+                await asyncio.wait_for(client.connect(), 1)
+                response = await asyncio.wait_for(
+                    client.maintenancestub.Status(rpc.StatusRequest(), timeout=1, metadata=client.metadata),
+                    1.5,
+                )
+            except Exception:  # any failure means "not reachable"
+                return None
+            return int(response.leader)
+
+        leaders = await asyncio.gather(*(status(i) for i in range(len(self._endpoints))))
+        reachable = [leader for leader in leaders if leader is not None]
+        total = len(self._endpoints)
+        if not reachable:
+            return f"0 of {total} endpoints reachable"
+        if not any(reachable):
+            return (
+                f"QUORUM LOST: {len(reachable)} of {total} endpoints reachable but the cluster has "
+                "no leader; the datapath stays as it is"
+            )
+        return f"{len(reachable)} of {total} endpoints reachable, leader {max(reachable):x}"
 
     @staticmethod
     def _kv(kv: Any) -> KeyValue:

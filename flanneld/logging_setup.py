@@ -25,7 +25,6 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 LIBRARY_LOGGERS = ("aetcd", "grpc", "pyroute2", "asyncio", "urllib3")
-_SKIP = frozenset({"fields"})
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

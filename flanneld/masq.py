@@ -36,7 +36,7 @@ from typing import Literal, Protocol
 from flanneld.errors import FlannelError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-MasqBackend = Literal["auto", "nft", "iptables"]
+MasqBackend = Literal["auto", "nft", "nftables", "iptables"]
 
 KUBE_PROXY_MARK = 0x4000
 MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
@@ -143,11 +143,14 @@ def nft_available(run: Runner) -> bool:
 
 
 def make_masq_rules(config: MasqConfig, backend: MasqBackend = "auto", netns: str | None = None) -> MasqRules:
-    """The rules object for ``config``: nft when available (or asked), else iptables."""
+    """The rules object for ``config``: nft when available (or asked), else iptables.
+
+    ``backend`` is ``--masq-mode``: auto, nftables (or nft), iptables.
+    """
     from flanneld.masq_iptables import IptablesMasq
     from flanneld.masq_nft import NftMasq
 
     run = command_runner(netns)
-    if backend == "nft" or (backend == "auto" and nft_available(run)):
+    if backend in ("nft", "nftables") or (backend == "auto" and nft_available(run)):
         return NftMasq(config, run)
     return IptablesMasq(config, run)

@@ -140,12 +140,8 @@ class _ForwardingCollector(Collector):
         yield CounterMetricFamily("flannel_dropped_packets", "", labels=["reason"])
         yield CounterMetricFamily("flannel_metrics_source_errors", "")
         if self._owner.per_peer:
-            yield CounterMetricFamily(
-                "flannel_peer_forwarded_packets", "", labels=["peer", "direction"]
-            )
-            yield CounterMetricFamily(
-                "flannel_peer_forwarded_bytes", "", labels=["peer", "direction"]
-            )
+            yield CounterMetricFamily("flannel_peer_forwarded_packets", "", labels=["peer", "direction"])
+            yield CounterMetricFamily("flannel_peer_forwarded_bytes", "", labels=["peer", "direction"])
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         owner = self._owner
@@ -287,9 +283,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self._peers = Gauge(
-            "flannel_peers", "Remote subnet leases currently programmed.", registry=r
-        )
+        self._peers = Gauge("flannel_peers", "Remote subnet leases currently programmed.", registry=r)
         self._reconcile = Histogram(
             "flannel_reconcile_duration_seconds",
             "Duration of a reconcile pass of the backend, by kind (full, incremental).",
@@ -377,9 +371,7 @@ class Metrics:
         try:
             yield
         finally:
-            self._reconcile.labels(_bounded(kind, RECONCILE_KINDS)).observe(
-                time.perf_counter() - start
-            )
+            self._reconcile.labels(_bounded(kind, RECONCILE_KINDS)).observe(time.perf_counter() - start)
 
     def netlink_ops(self, outcomes: Iterable[tuple[str, str]]) -> None:
         """Count netlink operations, given as ``(kind, result)`` pairs.

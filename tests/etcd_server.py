@@ -100,7 +100,7 @@ class EtcdServer:
             context = ssl.create_default_context(cafile=self.tls[0])
             context.load_cert_chain(self.tls[1], self.tls[2])
         try:
-            with urllib.request.urlopen(url, timeout=1, context=context) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 return b'"true"' in resp.read()
         except OSError:
             return False
@@ -163,3 +163,47 @@ def etcdctl(server: EtcdServer, *args: str) -> str:
     if server.netns:
         cmd = ["ip", "netns", "exec", server.netns, *cmd]
     return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class EtcdCluster:
+    """A 3-member (by default) etcd cluster on loopback ports."""
+
+    size: int = 3
+    members: list[EtcdServer] = field(default_factory=list)
+
+    def start(self) -> EtcdCluster:
+        self.members = [EtcdServer(name=f"m{i}") for i in range(self.size)]
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = cluster
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_healthy(30)
+        return self
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def leader(self) -> EtcdServer:
+        """The current leader, asked of each live member (etcdctl endpoint status)."""
+        import json
+
+        for m in self.members:
+            if m.proc is None or m.proc.poll() is not None:
+                continue
+            r = subprocess.run(
+                ["etcdctl", "--endpoints", m.endpoint, "endpoint", "status", "-w", "json"],
+                env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, text=True, check=False,
+            )
+            if r.returncode != 0:
+                continue
+            status = json.loads(r.stdout)[0]["Status"]
+            if status["leader"] and status["leader"] == status["header"]["member_id"]:
+                return m
+        raise RuntimeError("no leader found")
+
+    def cleanup(self) -> None:
+        for m in self.members:
+            m.cleanup()

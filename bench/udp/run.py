@@ -127,13 +127,18 @@ def main() -> int:
         for run in range(args.runs):
             for mode in modes:
                 t0 = time.monotonic()
-                r = measure(mode, work, cfwd, args.seconds)
+                try:
+                    r = measure(mode, work, cfwd, args.seconds)
+                except (AssertionError, KeyError, RuntimeError, TimeoutError) as e:
+                    print(f"run {run + 1} {mode}: failed: {e!r}", flush=True)
+                    continue
                 results[mode].append(r)
                 print(f"run {run + 1} {mode:10s} " + " ".join(f"{k}={v:.3f}" for k, v in r.items())
                       + f" ({time.monotonic() - t0:.0f}s)", flush=True)
     keys = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_pkt")
     med: dict[str, dict[str, float]] = {
-        m: {k: statistics.median(r[k] for r in rs) for k in keys} for m, rs in results.items()}
+        m: {k: statistics.median(r[k] for r in rs) if rs else float("nan") for k in keys}
+        for m, rs in results.items()}
     print(f"\nmedians of {args.runs} runs:")
     print(f"{'mode':12s}" + "".join(f"{k:>16s}" for k in keys))
     for m in modes:

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from flanneld.cni import check, gojson, netconf, render, subnetenv, versions
 from flanneld.cni.conflist import render_conflist, write_conflist
 from flanneld.cni.errors import CniError
-from hypothesis import given
-from hypothesis import strategies as st
 
 from .harness import GOLDEN
 

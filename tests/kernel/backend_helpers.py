@@ -5,7 +5,6 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 from flanneld.backends.base import BackendContext
-
 from flanneld.iface import select_external_interface
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netconfig import network_config_from_dict

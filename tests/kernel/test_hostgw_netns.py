@@ -6,8 +6,8 @@ import asyncio
 from ipaddress import IPv4Address
 
 import pytest
-from flanneld.backends.hostgw import HostGWBackend
 
+from flanneld.backends.hostgw import HostGWBackend
 from flanneld.errors import ConfigError
 from flanneld.netlink import Netlink
 

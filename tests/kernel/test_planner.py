@@ -6,19 +6,21 @@ from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 
 import pytest
+
 from flanneld.backends.hostgw import plan_routes
-from flanneld.backends.routing import AppliedState, count_repaired, peer_leases
+from flanneld.backends.routing import AppliedState, count_repaired, peer_leases, plan_changed
 from flanneld.backends.vxlan import (
     VxlanPeer,
     choose_mac,
     parse_options,
+    peer_objects,
+    peer_specs,
     plan_address,
     plan_device,
     plan_peers,
     random_vtep_mac,
     vxlan_peer,
 )
-
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netops import (
@@ -242,5 +244,29 @@ def test_applied_state_and_repair_count() -> None:
     # the failed neighbour is retried by the next incremental plan
     assert plan(list(state.objects.values()), B) == [ops[1]]
     # drift: the route went missing in the kernel, the fdb entry is still there
+    applied = {o.key: o for o in b_objects()}
     full = plan([b_objects()[0], b_objects()[1]], B)
-    assert count_repaired(full, plan(b_objects(), B)) == 1
+    assert count_repaired(full, applied) == 1
+    # a stale entry we never applied counts; a removal we had not applied yet does not
+    stale = plan(b_objects())
+    assert count_repaired(stale, {}) == 3 and count_repaired(stale, applied) == 0
+
+
+def test_incremental_plans_only_changed_peers() -> None:
+    old = peer_specs(peers(B, C), DEV, EXT, False, frozenset())
+    applied = {o.key: o for spec in old.values() for o in peer_objects(spec)}
+    moved = vx_lease("10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:0d")
+    d = vx_lease("10.244.4.0/24", "198.18.0.4", "0a:00:00:00:00:0e")
+    new = peer_specs(peers(moved, d), DEV, EXT, False, frozenset())
+    assert plan_changed(old, new, peer_objects, applied) == [
+        Replace(FdbEntry(DEV, "0a:00:00:00:00:0d", A("198.18.0.2"))),
+        Replace(FdbEntry(DEV, "0a:00:00:00:00:0e", A("198.18.0.4"))),
+        Replace(Neighbour(DEV, A("10.244.2.0"), "0a:00:00:00:00:0d")),
+        Replace(Neighbour(DEV, A("10.244.4.0"), "0a:00:00:00:00:0e")),
+        Replace(Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True)),
+        Delete(Route(N("10.244.3.0/24"), DEV, A("10.244.3.0"), onlink=True)),
+        Delete(Neighbour(DEV, A("10.244.3.0"), MAC_C)),
+        Delete(FdbEntry(DEV, MAC_B, A("198.18.0.2"))),
+        Delete(FdbEntry(DEV, MAC_C, A("198.18.0.3"))),
+    ]
+    assert plan_changed(new, new, peer_objects, applied) == []

@@ -9,8 +9,8 @@ import tempfile
 from ipaddress import IPv4Network
 
 import pytest
-from flanneld.backends.vxlan import VXLANBackend
 
+from flanneld.backends.vxlan import VXLANBackend
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netlink import Netlink
 from flanneld.netops import FdbEntry, Neighbour, Route

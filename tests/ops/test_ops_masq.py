@@ -120,6 +120,7 @@ def test_apply_check_repair_update_remove(kind: str, make_netns: Callable[[str],
 def test_auto_prefers_nft(make_netns: Callable[[str], str]) -> None:
     ns = make_netns("a")
     assert make_masq_rules(V4, "auto", netns=ns).name == "nft"
+    assert make_masq_rules(V4, "nftables", netns=ns).name == "nft"
     assert make_masq_rules(V4, "iptables", netns=ns).name == "iptables"
 
 

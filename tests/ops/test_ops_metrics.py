@@ -179,6 +179,13 @@ def test_broken_source_does_not_break_scrape() -> None:
     assert value(m, "flannel_metrics_source_errors_total") == 2
 
 
+def test_set_backend_updates_build_info() -> None:
+    m = Metrics(backend="unknown", version="1.2.3")
+    m.set_backend("host-gw")
+    fams = families(m)
+    assert fams["flannel_build_info"] == [({"version": "1.2.3", "backend": "host-gw"}, 1.0)]
+
+
 def test_registries_are_independent() -> None:
     a, b = Metrics(backend="vxlan"), Metrics(backend="udp")
     a.set_peers(5)

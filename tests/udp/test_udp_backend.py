@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import udp_topology as topo
+
 from flanneld.backends.base import BackendContext, ExternalInterface
 from flanneld.backends.udp.backend import UDPBackend
-
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netconfig import network_config_from_dict

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from flanneld.backends.udp import core
-from flanneld.backends.udp.core import DropReason
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.packet import Raw
+
+from flanneld.backends.udp import core
+from flanneld.backends.udp.core import DropReason
 
 pytestmark = pytest.mark.unit
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flanneld.backends.udp import core, gso
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
+
+from flanneld.backends.udp import core, gso
 
 pytestmark = pytest.mark.unit
 

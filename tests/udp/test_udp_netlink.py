@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import udp_topology as topo
+
 from flanneld.backends.udp.datapath import control
 
 pytestmark = [
