@@ -23,6 +23,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar
 
 from flanneld.lease import Lease, LeaseAttrs
+from flanneld.metrics import ForwardingSource, sysfs_device_source
 from flanneld.netconfig import NetworkConfig
 
 
@@ -65,6 +66,7 @@ class Backend(abc.ABC):
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
         """Raise NetworkConfigError naming ``Backend.<Option>`` for a bad option value."""
+        return None
 
     def handles(self, lease: Lease) -> bool:
         return lease.attrs.backend_type in self.peer_types
@@ -84,6 +86,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
         """Converge the datapath to ``peers`` (leases of other nodes this backend handles)."""
+
+    def forwarding_source(self) -> ForwardingSource:
+        """Traffic counters for the metrics: by default the kernel's counters of the fabric
+        device (``device_name``); the udp backend overrides it with per-peer counters."""
+        return sysfs_device_source(self.device_name())
+
+    def device_name(self) -> str:
+        """The fabric device whose counters measure forwarded traffic."""
+        return self.ctx.ext.name
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop background work; leave the datapath in place."""

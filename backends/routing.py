@@ -77,12 +77,12 @@ def plan_changed(
     against what we applied for them, so one lease change costs O(changed), not O(peers)."""
     desired: list[KernelObject] = []
     before: list[KernelObject] = []
-    for subnet in sorted(new, key=peer_sort_key):
-        spec, old_spec = new[subnet], old.get(subnet)
-        if spec != old_spec:
-            desired.extend(objects_of(spec))
-            if old_spec is not None:
-                before.extend(objects_of(old_spec))
+    changed = [subnet for subnet, spec in new.items()
+               if (old_spec := old.get(subnet)) is not spec and old_spec != spec]
+    for subnet in sorted(changed, key=peer_sort_key):
+        desired.extend(objects_of(new[subnet]))
+        if (old_spec := old.get(subnet)) is not None:
+            before.extend(objects_of(old_spec))
     before.extend(o for subnet, spec in old.items() if subnet not in new for o in objects_of(spec))
     observed = [applied[k] for k in {o.key for o in (*before, *desired)} if k in applied]
     return diff(desired, observed, lambda _: True)
@@ -119,10 +119,10 @@ def route_owned_in(
 def peer_leases(
     peers: Mapping[IPv4Network, Lease], own: Lease, handles: Callable[[Lease], bool]
 ) -> list[Lease]:
-    """Peer leases this backend programs, sorted by subnet; the own subnet never counts."""
+    """Peer leases this backend programs (planners sort); the own subnet never counts."""
     return [
         lease
-        for subnet, lease in sorted(peers.items(), key=lambda item: peer_sort_key(item[0]))
+        for subnet, lease in peers.items()
         if subnet != own.subnet and lease.attrs.public_ip != own.attrs.public_ip and handles(lease)
     ]
 

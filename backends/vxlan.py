@@ -203,14 +203,23 @@ def peer_specs(
     ext_index: int,
     direct_routing: bool,
     on_link: frozenset[IPv4Address] | Mapping[IPv4Address, bool],
+    previous: Mapping[IPv4Network, PeerSpec] | None = None,
 ) -> dict[IPv4Network, PeerSpec]:
-    return {
-        p.subnet: PeerSpec(p, device_index, ext_index,
-                           direct_routing and bool(p.public_ip in on_link
-                                                   if isinstance(on_link, frozenset)
-                                                   else on_link.get(p.public_ip, False)))
-        for p in sorted(peers, key=lambda p: peer_sort_key(p.subnet))
-    }
+    """Specs sorted by subnet; an unchanged spec is the very object of ``previous`` so the
+    incremental planner can skip it by identity."""
+    prev = previous or {}
+    specs: dict[IPv4Network, PeerSpec] = {}
+    for p in sorted(peers, key=lambda p: peer_sort_key(p.subnet)):
+        direct = direct_routing and bool(
+            p.public_ip in on_link if isinstance(on_link, frozenset)
+            else on_link.get(p.public_ip, False))
+        old = prev.get(p.subnet)
+        if (old is not None and old.peer is p and old.direct == direct
+                and old.device_index == device_index and old.ext_index == ext_index):
+            specs[p.subnet] = old
+        else:
+            specs[p.subnet] = PeerSpec(p, device_index, ext_index, direct)
+    return specs
 
 
 def owned_by_vxlan(own: Lease, device_index: int, ext_index: int,
@@ -361,7 +370,7 @@ class VXLANBackend(Backend):
                 repaired += len(addr_ops)
             await self._refresh_on_link(vpeers, all_peers=full)
             specs = peer_specs(vpeers, self.device_index, self.ctx.ext.index,
-                               self.options.direct_routing, self._on_link)
+                               self.options.direct_routing, self._on_link, self._specs)
             if full:
                 observed = await self._observe()
                 desired = [obj for spec in specs.values() for obj in peer_objects(spec)]

@@ -30,6 +30,7 @@ from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableErr
 from flanneld.health import HealthServer, Readiness
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.lease_watch import LeaseEventKind, LeaseWatcher
+from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
 from flanneld.metrics import Metrics
 from flanneld.netconfig import NetworkConfig
 from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
@@ -69,6 +70,7 @@ class Daemon:
         self._dirty = asyncio.Event()
         self._lease_lost = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.masq: MasqRules | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -128,6 +130,39 @@ class Daemon:
             write_conflist(self.config.cni_conf_file)
         self.readiness.set_subnet_file_written(True)
 
+    def _masq_config(self) -> MasqConfig:
+        assert self.lease is not None and self.netconf is not None
+        return MasqConfig(
+            self.netconf.network, self.lease.subnet,
+            ip_masq=self.config.ip_masq, forward_rules=self.config.iptables_forward_rules,
+        )
+
+    async def _program_masq(self) -> None:
+        """Masquerade/forward rules for the current lease (a no-op when both are off)."""
+        cfg = self._masq_config()
+        if cfg.empty:
+            return
+        if self.masq is None:
+            self.masq = make_masq_rules(cfg, backend=self.config.masq_mode)  # type: ignore[arg-type]
+            await asyncio.to_thread(self.masq.apply)
+        else:
+            await asyncio.to_thread(self.masq.update, cfg)
+        log.info("masquerade rules programmed ip_masq=%s forward_rules=%s",
+                 cfg.ip_masq, cfg.forward_rules)
+
+    async def _keep_masq(self) -> None:
+        """Repair the rules when someone else removed or changed them."""
+        while True:
+            await asyncio.sleep(self.config.iptables_resync)
+            if self.masq is None:
+                continue
+            try:
+                if await asyncio.to_thread(self.masq.ensure):
+                    self.metrics.drift_repaired(1, kind="masq_rules")
+                    log.warning("masquerade/forward rules were missing or changed; repaired")
+            except MasqError as exc:
+                log.error("checking masquerade rules failed: %s", exc)
+
     # -- start-up ------------------------------------------------------------------------
 
     async def _load_network_config(self) -> NetworkConfig:
@@ -179,6 +214,8 @@ class Daemon:
         self.lease = await self._acquire(previous_subnet(cfg.subnet_file))
         self.readiness.set_lease_held(True)
         await self.backend.activate(self.lease)
+        self.metrics.add_forwarding_source(self.backend.forwarding_source())
+        await self._program_masq()
         self._write_files()
         leases, _, revision = await self._retry("listing leases", self.manager.list_leases)
         self._set_peers(leases)
@@ -298,6 +335,7 @@ class Daemon:
             log.warning("re-acquired a different subnet %s (was %s)", self.lease.subnet, old.subnet)
             self.peers.pop(self.lease.subnet, None)
             await self.backend.activate(self.lease)
+            await self._program_masq()
             self._write_files()
             self._dirty.set()
         else:
@@ -327,6 +365,8 @@ class Daemon:
             self._spawn(self._watch(), "watch")
             self._spawn(self._reconcile_loop(), "reconcile")
             self._spawn(self._keep_lease(), "lease")
+            if self.masq is not None:
+                self._spawn(self._keep_masq(), "masq")
             log.info("flanneld %s running: subnet=%s", __version__, self.lease.subnet if self.lease else "")
             await self.stopping.wait()
             return self.exit_code

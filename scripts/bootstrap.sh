@@ -48,3 +48,6 @@ else
     .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
         --config-settings editable_mode=strict >&2
 fi
+
+# The CNI plugin executable (`flannel`): a launcher that starts Python with -I -S for speed.
+bash cni-plugin/install-launcher.sh .venv >&2

@@ -76,7 +76,8 @@ async def running(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> 
     config = build_config(
         ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
          "--subnet-file", str(tmp_path / "subnet.env"), "--healthz-port", str(port),
-         "--subnet-lease-ttl", "8", "--docker-opts-file", str(tmp_path / "docker_opts.env")],
+         "--subnet-lease-ttl", "8", "--docker-opts-file", str(tmp_path / "docker_opts.env"),
+         "--cni-conf-file", str(tmp_path / "net.d" / "10-flannel.conflist")],
         {},
     )
     store = EtcdStore(parse_endpoints(config.etcd_endpoints), timeout=2)
@@ -105,6 +106,10 @@ async def test_lease_files_readiness_peers_renewal_and_loss(
         "FLANNEL_IPMASQ": "false",
     }
     assert "--mtu=1450" in (tmp_path / "docker_opts.env").read_text()
+    conflist = json.loads((tmp_path / "net.d" / "10-flannel.conflist").read_text())
+    assert conflist["name"] == "cbr0"
+    assert [p["type"] for p in conflist["plugins"]] == ["flannel", "portmap"]
+    assert conflist["plugins"][0]["delegate"] == {"hairpinMode": True, "isDefaultGateway": True}
 
     admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
     prefix = subnets_prefix(etcd_prefix)

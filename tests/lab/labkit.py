@@ -145,7 +145,21 @@ def lab_running(name: str, **opts: Any) -> Iterator[LabHandle]:
     """A lab named ``name``; torn down however the block ends (leftovers removed first)."""
     labmod.down(name)
     try:
-        labmod.up(name, labmod.UpOptions(**opts))
+        try:
+            labmod.up(name, labmod.UpOptions(**opts))
+        except Exception:
+            dump_logs(name)
+            raise
         yield LabHandle(name)
     finally:
         labmod.down(name)
+
+
+def dump_logs(name: str) -> None:
+    """Print every node's flanneld log (pytest shows it with the failure)."""
+    lab = LabState.load(name)
+    if lab is None:
+        return
+    for node in sorted(lab.nodes):
+        print(f"===== {name} n{node} flanneld.log =====")
+        print(daemon.log_tail(lab, node, 60))
