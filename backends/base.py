@@ -20,11 +20,14 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.metrics import ForwardingSource, sysfs_device_source
 from flanneld.netconfig import NetworkConfig
+
+if TYPE_CHECKING:  # netlink imports pyroute2; config validation must not
+    from flanneld.netlink import Netlink
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Backend(abc.ABC):
     # BackendType strings of peer leases this backend programs ("" is Go's udp lease).
     peer_types: ClassVar[frozenset[str]]
 
-    def __init__(self, ctx: BackendContext) -> None:
+    def __init__(self, ctx: BackendContext, netlink: Netlink | None = None) -> None:
         self.ctx = ctx
 
     @classmethod

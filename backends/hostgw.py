@@ -22,6 +22,7 @@ from flanneld.backends.routing import (
     count_repaired,
     diff,
     peer_leases,
+    peer_sort_key,
     plan_changed,
     route_owned_in,
     summarize,
@@ -63,7 +64,7 @@ class HostGWBackend(Backend):
         self._owns_netlink = netlink is None
         self._own: Lease | None = None
         self._applied = AppliedState()
-        self._specs: dict[IPv4Network, Route] = {}
+        self._specs: dict[int, Route] = {}
         self._lock = asyncio.Lock()
 
     def mtu(self) -> int:
@@ -93,7 +94,7 @@ class HostGWBackend(Backend):
         network = self.ctx.netconf.network
         async with self._lock:
             desired = [Route(p.subnet, ext_index, p.attrs.public_ip) for p in wanted]
-            specs: dict[IPv4Network, Route] = {r.dst: r for r in desired}
+            specs: dict[int, Route] = {peer_sort_key(r.dst): r for r in desired}
             repaired = 0
             if full:
                 observed = [r for r in await self._netlink.routes() if r.ifindex == ext_index]

@@ -64,12 +64,14 @@ def diff(
 
 
 def peer_sort_key(subnet: IPv4Network) -> int:
-    return int(subnet.network_address)
+    """An int that orders subnets like IPv4Network does and hashes fast (IPv4Network.__hash__
+    is Python code: with 5000 peers it dominated the cost of one incremental pass)."""
+    return int(subnet.network_address) << 6 | subnet.prefixlen
 
 
 def plan_changed(
-    old: Mapping[IPv4Network, Hashable],
-    new: Mapping[IPv4Network, Hashable],
+    old: Mapping[int, Hashable],
+    new: Mapping[int, Hashable],
     objects_of: Callable[[Any], Sequence[KernelObject]],
     applied: Mapping[Key, KernelObject],
 ) -> list[Op]:
@@ -79,7 +81,7 @@ def plan_changed(
     before: list[KernelObject] = []
     changed = [subnet for subnet, spec in new.items()
                if (old_spec := old.get(subnet)) is not spec and old_spec != spec]
-    for subnet in sorted(changed, key=peer_sort_key):
+    for subnet in sorted(changed):
         desired.extend(objects_of(new[subnet]))
         if (old_spec := old.get(subnet)) is not None:
             before.extend(objects_of(old_spec))
@@ -123,7 +125,7 @@ def peer_leases(
     return [
         lease
         for subnet, lease in peers.items()
-        if subnet != own.subnet and lease.attrs.public_ip != own.attrs.public_ip and handles(lease)
+        if handles(lease) and subnet != own.subnet and lease.attrs.public_ip != own.attrs.public_ip
     ]
 
 

@@ -22,8 +22,9 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
@@ -114,6 +115,7 @@ class VxlanPeer:
     subnet: IPv4Network
     public_ip: IPv4Address
     vtep_mac: str
+    key: int = field(default=0, compare=False)  # peer_sort_key(subnet), set by vxlan_peer
 
 
 def vxlan_peer(lease: Lease) -> VxlanPeer | None:
@@ -123,7 +125,7 @@ def vxlan_peer(lease: Lease) -> VxlanPeer | None:
     except ValueError:
         log.warning("lease %s: BackendData has no valid VtepMAC; ignored", lease.key)
         return None
-    return VxlanPeer(lease.subnet, lease.attrs.public_ip, mac)
+    return VxlanPeer(lease.subnet, lease.attrs.public_ip, mac, peer_sort_key(lease.subnet))
 
 
 def random_vtep_mac() -> str:
@@ -203,22 +205,22 @@ def peer_specs(
     ext_index: int,
     direct_routing: bool,
     on_link: frozenset[IPv4Address] | Mapping[IPv4Address, bool],
-    previous: Mapping[IPv4Network, PeerSpec] | None = None,
-) -> dict[IPv4Network, PeerSpec]:
-    """Specs sorted by subnet; an unchanged spec is the very object of ``previous`` so the
-    incremental planner can skip it by identity."""
+    previous: Mapping[int, PeerSpec] | None = None,
+) -> dict[int, PeerSpec]:
+    """Specs by ``VxlanPeer.key``, sorted by subnet; an unchanged spec is the very object of
+    ``previous`` so the incremental planner can skip it by identity."""
     prev = previous or {}
-    specs: dict[IPv4Network, PeerSpec] = {}
-    for p in sorted(peers, key=lambda p: peer_sort_key(p.subnet)):
+    specs: dict[int, PeerSpec] = {}
+    for p in sorted(peers, key=attrgetter("key")):
         direct = direct_routing and bool(
             p.public_ip in on_link if isinstance(on_link, frozenset)
             else on_link.get(p.public_ip, False))
-        old = prev.get(p.subnet)
+        old = prev.get(p.key)
         if (old is not None and old.peer is p and old.direct == direct
                 and old.device_index == device_index and old.ext_index == ext_index):
-            specs[p.subnet] = old
+            specs[p.key] = old
         else:
-            specs[p.subnet] = PeerSpec(p, device_index, ext_index, direct)
+            specs[p.key] = PeerSpec(p, device_index, ext_index, direct)
     return specs
 
 
@@ -276,8 +278,8 @@ class VXLANBackend(Backend):
         self._own: Lease | None = None
         self._applied = AppliedState()
         self._on_link: dict[IPv4Address, bool] = {}
-        self._specs: dict[IPv4Network, PeerSpec] = {}
-        self._parsed: dict[IPv4Network, tuple[Lease, VxlanPeer | None]] = {}
+        self._specs: dict[int, PeerSpec] = {}
+        self._parsed: dict[int, tuple[Lease, VxlanPeer | None]] = {}
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -337,13 +339,12 @@ class VXLANBackend(Backend):
 
     def _peers(self, peers: Mapping[IPv4Network, Lease], own: Lease) -> list[VxlanPeer]:
         """Peer VTEPs from leases; parsed BackendData is cached per lease object."""
-        cache: dict[IPv4Network, tuple[Lease, VxlanPeer | None]] = {}
+        cache: dict[int, tuple[Lease, VxlanPeer | None]] = {}
         out: list[VxlanPeer] = []
         for lease in peer_leases(peers, own, self.handles):
-            hit = self._parsed.get(lease.subnet)
-            parsed = hit[1] if hit is not None and (hit[0] is lease or hit[0] == lease) else (
-                vxlan_peer(lease))
-            cache[lease.subnet] = (lease, parsed)
+            hit = self._parsed.get(id(lease))
+            parsed = hit[1] if hit is not None and hit[0] is lease else vxlan_peer(lease)
+            cache[id(lease)] = (lease, parsed)  # the lease is kept, so its id stays unique
             if parsed is not None:
                 out.append(parsed)
         self._parsed = cache
@@ -397,6 +398,9 @@ class VXLANBackend(Backend):
         neigh = await self._netlink.neighbours(self.device_index)
         fdb = await self._netlink.fdb(self.device_index)
         return [*routes, *neigh, *fdb]
+
+    def device_name(self) -> str:
+        return self.options.device_name
 
     async def close(self) -> None:
         """Leave the device and every entry in place; only drop our netlink sockets."""

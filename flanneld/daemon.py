@@ -17,7 +17,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -33,6 +33,7 @@ from flanneld.lease_watch import LeaseEventKind, LeaseWatcher
 from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
 from flanneld.metrics import Metrics
 from flanneld.netconfig import NetworkConfig
+from flanneld.netops import Outcome
 from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
 from flanneld.store import LeaseStore
 from flanneld.subnet_env import SubnetEnv, previous_subnet, write_docker_opts, write_subnet_env
@@ -208,7 +209,10 @@ class Daemon:
         ext = await self._retry("choosing the external interface", lambda: self.resolve_interface(cfg))
         log.info("using interface %s (address %s, public ip %s, mtu %d) backend=%s",
                  ext.name, ext.address, ext.public_ip, ext.mtu, btype)
-        self.backend = backend_class(btype)(BackendContext(ext, self.netconf))
+        from flanneld.netlink import Netlink
+
+        self.netlink = Netlink(on_outcomes=self._count_netlink)
+        self.backend = backend_class(btype)(BackendContext(ext, self.netconf), netlink=self.netlink)
         self.attrs = await self.backend.prepare()
         self.notifier.status("acquiring a subnet lease")
         self.lease = await self._acquire(previous_subnet(cfg.subnet_file))
@@ -226,6 +230,16 @@ class Daemon:
         self.readiness.set_backend_programmed(True)
         self.notifier.status(f"serving subnet {self.lease.subnet} with {len(self.peers)} peers")
         self.watcher = LeaseWatcher(self.manager, leases, revision, on_reset=self.metrics.watch_reset)
+
+    _RESULT_LABELS = {"ok": "ok", "already_present": "exists", "already_gone": "missing",
+                      "failed": "error"}
+
+    def _count_netlink(self, outcomes: Sequence[Outcome]) -> None:
+        """Netlink outcomes as metric labels: kind route|neigh|fdb|address|link, result."""
+        self.metrics.netlink_ops(
+            (o.kind.split("_")[0].replace("addr", "address"), self._RESULT_LABELS.get(o.result, "error"))
+            for o in outcomes
+        )
 
     def _set_peers(self, leases: list[Lease]) -> None:
         assert self.lease is not None and self.backend is not None
@@ -378,6 +392,9 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.backend is not None:
                 await self.backend.close()
+            netlink = getattr(self, "netlink", None)
+            if netlink is not None:
+                await netlink.close()
             health = getattr(self, "health", None)
             if health is not None:
                 await health.close()

@@ -25,7 +25,7 @@ import aetcd
 from aetcd import exceptions as etcd_exc
 from aetcd import rpc, transactions
 
-from flanneld.errors import ConfigError, StoreUnavailableError
+from flanneld.errors import ConfigError, FlannelError, StoreUnavailableError
 from flanneld.store import (
     CompactedError,
     EventKind,
@@ -46,6 +46,10 @@ _RETRYABLE = (
     etcd_exc.WatchTimeoutError,
     TimeoutError,
 )
+
+
+class EtcdNotFoundError(FlannelError):
+    """etcd answered that the object (e.g. an etcd lease) does not exist."""
 
 
 class StoreAuthError(StoreUnavailableError):
@@ -226,7 +230,19 @@ class EtcdStore:
                 raise StoreUnavailableError(
                     f"etcd {op} rejected by {self._endpoints[index]}: {exc}"
                 ) from None
-            except _RETRYABLE as exc:
+            except etcd_exc.ClientError as exc:
+                if "not found" in str(exc) and not isinstance(exc, _RETRYABLE):
+                    # e.g. "requested lease not found": an answer, not a failing endpoint.
+                    self._observe(op, "ok", started)
+                    raise EtcdNotFoundError(str(exc)) from None
+                self._observe(op, "error", started)
+                detail = _explain(str(exc).strip() or type(exc).__name__)
+                failures.append(f"{self._endpoints[index]}: {detail}")
+                self._current = (index + 1) % len(self._endpoints)
+                continue
+            except (*_RETRYABLE, rpc.AioRpcError) as exc:
+                # Anything else etcd or grpc says (e.g. "context deadline exceeded" from a member
+                # without quorum) is a failure of this endpoint, not a reason to crash.
                 self._observe(op, "error", started)
                 detail = _explain(str(exc).strip() or type(exc).__name__)
                 failures.append(f"{self._endpoints[index]}: {detail}")
@@ -292,11 +308,16 @@ class EtcdStore:
     async def revoke(self, lease_id: int) -> None:
         try:
             await self._call("revoke", lambda c: c.revoke_lease(lease_id))
-        except etcd_exc.ClientError as exc:  # already gone: nothing to revoke
-            log.debug("revoke of etcd lease %x: %s", lease_id, exc)
+        except EtcdNotFoundError:
+            log.debug("etcd lease %x was already gone", lease_id)
+        except StoreUnavailableError as exc:  # harmless: the lease runs out by its TTL
+            log.warning("could not revoke superseded etcd lease %x: %s", lease_id, exc)
 
     async def time_to_live(self, lease_id: int) -> int:
-        info = await self._call("ttl", lambda c: c.get_lease_info(lease_id, keys=False))
+        try:
+            info = await self._call("ttl", lambda c: c.get_lease_info(lease_id, keys=False))
+        except EtcdNotFoundError:
+            return -1
         return int(info.TTL)
 
     async def _txn(self, op: str, compare: Any, key: str, value: bytes, lease_id: int) -> int | None:
@@ -334,7 +355,7 @@ class EtcdStore:
             )
         except etcd_exc.RevisionCompactedError as exc:
             raise CompactedError(int(exc.compacted_revision)) from None
-        except _RETRYABLE as exc:
+        except (*_RETRYABLE, etcd_exc.ClientError, rpc.AioRpcError) as exc:
             self._observe("watch", "error", started)
             self._current = (index + 1) % len(self._endpoints)
             raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]}: {exc}") from None

@@ -33,7 +33,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -456,9 +456,12 @@ class RawRtnl:
 class Netlink:
     """Applier and observer for one network namespace (None: the daemon's own)."""
 
-    def __init__(self, netns: str | None = None, chunk: int = 512) -> None:
+    def __init__(self, netns: str | None = None, chunk: int = 512,
+                 on_outcomes: Callable[[Sequence[Outcome]], None] | None = None) -> None:
+        """``on_outcomes`` sees every applied batch (the daemon counts ops by kind/result)."""
         self.netns = netns
         self._chunk = chunk
+        self.on_outcomes = on_outcomes
         self._raw: RawRtnl | None = None
         self._ipr: AsyncIPRoute | None = None
         self._lock = asyncio.Lock()
@@ -508,6 +511,8 @@ class Netlink:
             else:
                 outcomes.append(await self._link_op(ops[i]))
                 i += 1
+        if self.on_outcomes is not None and outcomes:
+            self.on_outcomes(outcomes)
         return outcomes
 
     async def _link_op(self, op: Op) -> Outcome:

@@ -23,7 +23,6 @@ from flanneld.backends.base import Backend, BackendContext, ReconcileResult
 from flanneld.backends.udp import core
 from flanneld.backends.udp.datapath import DEFAULT_PORT, Datapath, open_socket
 from flanneld.backends.udp.tun import DEFAULT_NAME, Tun, open_tun
-
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netlink import Netlink

@@ -21,6 +21,7 @@ import struct
 from typing import Protocol
 
 import numpy as np
+
 from flanneld.backends.udp import core
 from flanneld.backends.udp.core import DropReason
 from flanneld.backends.udp.tun import Tun

@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="plumbing only: no daemon, synthetic subnet.env per node")
     up.add_argument("--flanneld-arg", action="append", default=[], metavar="ARG",
                     help="extra flanneld argument (repeatable), e.g. --flanneld-arg=--ip-masq")
+    up.add_argument("--ip-masq", action="store_true",
+                    help="run flanneld with --ip-masq (as kube-flannel does): pod IPs kept across nodes")
     up.add_argument("--timeout", type=float, default=30.0)
     up.add_argument("--keep-on-failure", action="store_true")
 
@@ -133,13 +135,15 @@ def _demo(name: str) -> int:
     sys.stdout.flush()
     _ctl(name, ["subnets"])
     nflag = "" if name == DEFAULT_NAME else f" --name {name}"
+    plist = lab.pod_list(name)
+    far = plist[-1].address.split("/")[0] if plist else "<pod address>"
     print(
         f"""
 Explore:
   netns-lab/lab{nflag} status                    nodes, leases, pod addresses
   netns-lab/lab{nflag} exec n1 -- ip route       routes flanneld programmed on node 1
   netns-lab/lab{nflag} exec n1 -- bridge fdb show dev flannel.1
-  netns-lab/lab{nflag} exec n1p1 -- ping <pod address>
+  netns-lab/lab{nflag} exec n1p1 -- ping -c3 {far}
   netns-lab/lab{nflag} add-node                  a 4th node joins
   netns-lab/lab{nflag} kill-flanneld n2; netns-lab/lab{nflag} start-flanneld n2
   netns-lab/lab{nflag} logs n1
@@ -161,13 +165,15 @@ def dispatch(a: argparse.Namespace, name: str) -> int:
             attach=a.attach,
             flanneld=not a.no_flanneld,
             config=a.config,
-            flanneld_args=tuple(a.flanneld_arg),
+            flanneld_args=(*(["--ip-masq"] if a.ip_masq else []), *a.flanneld_arg),
             timeout=a.timeout,
         )
         if a.nodes < 1 or a.pods_per_node < 0:
             raise UsageError("--nodes must be >= 1 and --pods-per-node >= 0")
         try:
             lab.up(name, opts)
+        except lab.LabExists:
+            raise
         except (lab.LabError, CommandError):
             if not a.keep_on_failure:
                 progress("up failed: tearing down (use --keep-on-failure to inspect)")

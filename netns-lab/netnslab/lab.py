@@ -39,6 +39,10 @@ class LabError(RuntimeError):
     """The lab could not do what was asked (message is for the user)."""
 
 
+class LabExists(LabError):
+    """``up`` refused: a lab of that name exists (it must not be torn down by the failure)."""
+
+
 @dataclass
 class UpOptions:
     nodes: int = 3
@@ -79,7 +83,7 @@ def up(name: str, opts: UpOptions) -> LabState:
     if not 1 <= opts.nodes <= MAX_NODES:
         raise LabError(f"--nodes must be 1..{MAX_NODES}")
     if exists(name):
-        raise LabError(f"lab {name!r} already exists: run `lab --name {name} down` first")
+        raise LabExists(f"lab {name!r} already exists: run `lab --name {name} down` first")
     t0 = time.monotonic()
     attach = opts.attach
     if attach == "auto":

@@ -96,13 +96,17 @@ def test_many_ops_in_flight(netns_factory: Callable[[str], str]) -> None:
     sh("ip", "link", "set", "fknla", "up", ns=ns)
 
     async def main() -> None:
-        async with Netlink(ns, chunk=64) as nl:
+        seen: list[tuple[str, str]] = []
+        counter = lambda batch: seen.extend((o.kind, o.result.value) for o in batch)  # noqa: E731
+        async with Netlink(ns, chunk=64, on_outcomes=counter) as nl:
             ext = await nl.link("fknla")
             assert ext is not None
             ops = [Replace(Route(N(f"10.250.{i}.0/24"), ext.index)) for i in range(200)]
             ops.insert(100, Replace(Route(N("10.251.0.0/24"), 424242)))  # no such device
             outcomes = await nl.apply(ops)
             assert [i for i, o in enumerate(outcomes) if not o.ok] == [100]
+            assert seen.count(("route_replace", "ok")) == 200
+            assert seen.count(("route_replace", "failed")) == 1
             assert len([r for r in await nl.routes() if r.ifindex == ext.index]) == 200
 
     asyncio.run(main())

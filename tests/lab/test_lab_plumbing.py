@@ -131,3 +131,13 @@ def test_down_after_crash_removes_everything() -> None:
         assert not stat.exists() or stat.read_text().split(") ")[1][0] in "ZX"
     finally:
         labmod.down(name)
+
+
+def test_up_refuses_existing_lab_and_leaves_it_alone(plumbing: LabHandle) -> None:
+    res = subprocess.run(
+        [str(LAB), "--name", "flabtpl", "up", "--nodes", "1", "--no-flanneld"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1 and "already exists" in res.stderr
+    assert "flabtpl-n3p2" in netns_list()
+    assert plumbing.ping(plumbing.pod(1, 1).name, plumbing.pod_ip(1, 2))
