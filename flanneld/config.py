@@ -44,6 +44,7 @@ class DaemonConfig:
     docker_opts_file: str = ""  # mk-docker-opts.sh output; empty: not written
     cni_conf_file: str = ""  # e.g. /etc/cni/net.d/10-flannel.conflist; empty: not written
     drift_interval: float = 10.0  # seconds between drift-repair passes
+    resync_interval: float = 300.0  # seconds between safety-net re-lists of the leases
     metrics_per_peer: bool = False
     log_format: str = "text"  # text | json
     verbose: int = 0
@@ -75,6 +76,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "docker-opts-file": ("str", "also write docker options (mk-docker-opts.sh format) here"),
     "cni-conf-file": ("str", "also write the node's CNI conflist here"),
     "drift-interval": ("float", "seconds between drift-repair passes over the datapath"),
+    "resync-interval": ("float", "seconds between re-lists of all leases behind the watch"),
     "metrics-per-peer": ("bool", "export per-peer forwarding series"),
     "log-format": ("str", "text (key=value) or json"),
 }
@@ -250,6 +252,8 @@ def validate(config: DaemonConfig) -> None:
         raise ConfigError(f"--masq-mode: expected auto, nftables or iptables, got {config.masq_mode!r}")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: expected text or json, got {config.log_format!r}")
+    if config.resync_interval <= 0:
+        raise ConfigError("--resync-interval: must be positive")
     if config.drift_interval <= 0:
         raise ConfigError("--drift-interval: must be positive")
     if config.etcd_timeout <= 0:

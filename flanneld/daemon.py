@@ -29,7 +29,7 @@ from flanneld.config import DaemonConfig
 from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableError
 from flanneld.health import HealthServer, Readiness
 from flanneld.lease import Lease, LeaseAttrs
-from flanneld.lease_watch import LeaseEventKind, LeaseWatcher
+from flanneld.lease_watch import LeaseEvent, LeaseEventKind, LeaseWatcher
 from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
 from flanneld.metrics import Metrics
 from flanneld.netconfig import NetworkConfig
@@ -252,26 +252,43 @@ class Daemon:
     # -- tasks ---------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        assert self.lease is not None and self.backend is not None
         async for batch in self.watcher.events():
-            for event in batch:
-                lease = event.lease
-                if lease.subnet == self.lease.subnet:
-                    ours = lease.attrs.public_ip == self.lease.attrs.public_ip
-                    if event.kind is LeaseEventKind.REMOVED or not ours:
-                        self._lease_lost.set()
-                    continue
-                if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
-                    if self.peers.pop(lease.subnet, None) is not None:
-                        log.info("peer removed subnet=%s public_ip=%s", lease.subnet, lease.attrs.public_ip)
-                else:
-                    known = self.peers.get(lease.subnet)
-                    if known != lease:
-                        log.info("peer %s subnet=%s public_ip=%s",
-                                 "changed" if known else "added", lease.subnet, lease.attrs.public_ip)
-                    self.peers[lease.subnet] = lease
-            self.metrics.set_peers(len(self.peers))
-            self._dirty.set()
+            self._handle_lease_events(batch)
+
+    async def _resync_loop(self) -> None:
+        """Every --resync-interval, re-list the leases as a safety net behind the watch."""
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            try:
+                events = await self.watcher.resync()
+            except StoreUnavailableError as exc:
+                log.warning("periodic lease resync skipped: %s", exc)
+                continue
+            if events:
+                log.warning("periodic resync found %d lease changes the watch had not delivered",
+                            len(events))
+                self._handle_lease_events(events)
+
+    def _handle_lease_events(self, batch: Sequence[LeaseEvent]) -> None:
+        assert self.lease is not None and self.backend is not None
+        for event in batch:
+            lease = event.lease
+            if lease.subnet == self.lease.subnet:
+                ours = lease.attrs.public_ip == self.lease.attrs.public_ip
+                if event.kind is LeaseEventKind.REMOVED or not ours:
+                    self._lease_lost.set()
+                continue
+            if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
+                if self.peers.pop(lease.subnet, None) is not None:
+                    log.info("peer removed subnet=%s public_ip=%s", lease.subnet, lease.attrs.public_ip)
+            else:
+                known = self.peers.get(lease.subnet)
+                if known != lease:
+                    log.info("peer %s subnet=%s public_ip=%s",
+                             "changed" if known else "added", lease.subnet, lease.attrs.public_ip)
+                self.peers[lease.subnet] = lease
+        self.metrics.set_peers(len(self.peers))
+        self._dirty.set()
 
     async def _reconcile_loop(self) -> None:
         assert self.backend is not None
@@ -379,6 +396,7 @@ class Daemon:
             self._spawn(self._watch(), "watch")
             self._spawn(self._reconcile_loop(), "reconcile")
             self._spawn(self._keep_lease(), "lease")
+            self._spawn(self._resync_loop(), "resync")
             if self.masq is not None:
                 self._spawn(self._keep_masq(), "masq")
             log.info("flanneld %s running: subnet=%s", __version__, self.lease.subnet if self.lease else "")

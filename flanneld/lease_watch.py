@@ -73,16 +73,40 @@ class LeaseWatcher:
         except LeaseDecodeError as exc:
             self.manager.decode_warnings.warn(event.kv, exc)
             return None
+        old = self.known.get(subnet)
+        if old is not None and old.revision >= event.kv.mod_revision:
+            return None  # already known from a newer re-list: a late or repeated event
         if event.kind is EventKind.DELETE:
-            old = self.known.pop(subnet, None)
+            self.known.pop(subnet, None)
             return None if old is None else LeaseEvent(LeaseEventKind.REMOVED, old)
         lease = self.manager.decode(event.kv)
         if lease is None:
             # A bad value replaced a good one: the node behind it is no longer usable.
-            old = self.known.pop(subnet, None)
+            self.known.pop(subnet, None)
             return None if old is None else LeaseEvent(LeaseEventKind.REMOVED, old)
         self.known[subnet] = lease
         return LeaseEvent(LeaseEventKind.ADDED, lease)
+
+    async def resync(self) -> list[LeaseEvent]:
+        """Re-list and report what the watch stream has not told us (a safety net run
+        periodically, like an informer's resync; normally it finds nothing).
+
+        Only changes older than the listing's revision are applied, so a watch event that
+        arrives later, for a revision after the listing, still wins.
+        """
+        leases, _, revision = await self.manager.list_leases()
+        listed = {lease.subnet: lease for lease in leases}
+        events: list[LeaseEvent] = []
+        for subnet, old in list(self.known.items()):
+            if subnet not in listed and old.revision <= revision:
+                del self.known[subnet]
+                events.append(LeaseEvent(LeaseEventKind.REMOVED, old))
+        for subnet, lease in listed.items():
+            known = self.known.get(subnet)
+            if known is None or (known.revision < lease.revision and known != lease):
+                self.known[subnet] = lease
+                events.append(LeaseEvent(LeaseEventKind.ADDED, lease))
+        return events
 
     async def _resync(self) -> list[LeaseEvent]:
         while True:

@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     sf = add("start-flanneld", "start a node's flanneld again")
     sf.add_argument("node")
 
+    es = add("etcd-stop", "stop the lab's etcd (data kept): flanneld loses its store")
+    es.add_argument("--signal", default="TERM")
+    add("etcd-start", "start the lab's etcd again on the same data (waits until healthy)")
+
     lg = add("logs", "show a node's flanneld log (or etcd's: logs etcd)")
     lg.add_argument("node")
     lg.add_argument("-f", "--follow", action="store_true")
@@ -210,6 +214,16 @@ def dispatch(a: argparse.Namespace, name: str) -> int:
     if a.cmd == "start-flanneld":
         ref = lab.start_flanneld(name, _node(a.node, names))
         print(f"flanneld on {a.node} pid {ref.pid}")
+        return 0
+    if a.cmd == "etcd-stop":
+        sig = signal.Signals[f"SIG{a.signal.upper().removeprefix('SIG')}"]
+        if not lab.stop_etcd(name, sig):
+            print("etcd was not running", file=sys.stderr)
+            return 1
+        return 0
+    if a.cmd == "etcd-start":
+        ref = lab.start_etcd(name)
+        print(f"etcd pid {ref.pid}")
         return 0
     if a.cmd == "logs":
         st = lab.load(name)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
 from netnslab.names import ETCD_PEER_PORT, LabNames
-from netnslab.proc import CommandError, ProcRef, alive, nsexec, run, spawn
+from netnslab.proc import CommandError, ProcRef, alive, nsexec, run, signal_proc, spawn, wait_dead
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -39,6 +40,26 @@ def start_etcd(names: LabNames, state: Path) -> ProcRef:
     ref = spawn(nsexec(names.underlay_ns, cmd), state / "etcd.log")
     (state / "etcd.pid").write_text(ref.dump())
     return ref
+
+
+def running(state: Path) -> ProcRef | None:
+    """The lab's etcd process if it runs (its pid file in the state dir ``state``)."""
+    ref = ProcRef.load(state / "etcd.pid")
+    return ref if ref is not None and alive(ref) else None
+
+
+def stop_etcd(state: Path, sig: int = signal.SIGTERM) -> bool:
+    """Stop the lab's etcd (data kept, so ``start_etcd`` brings the same cluster back).
+
+    Returns False if it was not running.  Waits until the process is gone (SIGKILL after 10 s).
+    """
+    ref = running(state)
+    if ref is None or not signal_proc(ref, sig):
+        return False
+    if wait_dead([ref], 10.0):
+        signal_proc(ref, signal.SIGKILL)
+        wait_dead([ref], 5.0)
+    return True
 
 
 def healthy(names: LabNames, from_ns: str | None = None) -> bool:

@@ -225,6 +225,22 @@ def kill_flanneld(name: str, node: int, sig: int = signal.SIGKILL) -> bool:
     return daemon.kill(lab, node, sig)
 
 
+def stop_etcd(name: str, sig: int = signal.SIGTERM) -> bool:
+    """Take the lab's etcd away (data kept); False if it was not running."""
+    lab = load(name)
+    return etcd.stop_etcd(lab.dir, sig)
+
+
+def start_etcd(name: str, timeout: float = 20.0) -> ProcRef:
+    """Bring the lab's etcd back on the same data dir; returns once it answers /health."""
+    lab = load(name)
+    if etcd.running(lab.dir):
+        raise LabError(f"etcd of lab {name!r} is already running")
+    ref = etcd.start_etcd(lab.names, lab.dir)
+    etcd.wait_healthy(lab.names, ref, timeout)
+    return ref
+
+
 def _check_node(lab: LabState, node: int) -> None:
     if node not in lab.nodes:
         raise LabError(f"no node n{node} in lab {lab.name!r} (nodes: {sorted(lab.nodes)})")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from flanneld.errors import OutOfSubnetsError
 from flanneld.lease import LeaseAttrs, subnets_prefix
-from flanneld.lease_watch import LeaseEventKind, LeaseWatcher, diff_leases
+from flanneld.lease_watch import LeaseEvent, LeaseEventKind, LeaseWatcher, diff_leases
 from flanneld.memory_store import MemoryStore
 from flanneld.netconfig import parse_network_config
 from flanneld.subnet_manager import LeaseLostError, SubnetManager
@@ -194,3 +195,35 @@ def test_diff_leases_is_pure_and_minimal() -> None:
         (LeaseEventKind.ADDED, "10.5.3.0/24", "198.18.0.3"),
     ]
     assert diff_leases(new, dict(new)) == []
+
+
+async def test_resync_reports_what_the_watch_missed_and_late_events_lose() -> None:
+    store = MemoryStore()
+    mgr = manager(store)
+    prefix = subnets_prefix(PREFIX)
+    await store.put(prefix + "10.5.1.0-24", attrs(1).to_json().encode())
+    leases, _, revision = await mgr.list_leases()
+    watcher = LeaseWatcher(mgr, leases, revision)
+    # Changes the watch stream never delivered (the watcher is not iterated here):
+    await store.delete(prefix + "10.5.1.0-24")
+    await store.put(prefix + "10.5.2.0-24", attrs(2).to_json().encode())
+    events = await watcher.resync()
+    assert sorted((e.kind.value, str(e.lease.subnet)) for e in events) == [
+        ("added", "10.5.2.0/24"), ("removed", "10.5.1.0/24")]
+    assert await watcher.resync() == []  # nothing new the second time
+    # The stream now delivers those same, older events late: they change nothing.
+    late = [e async for e in _ready_events(watcher.events())]
+    assert late == []
+    assert set(watcher.known) == {IPv4Network("10.5.2.0/24")}
+
+
+async def _ready_events(events: AsyncIterator[list[LeaseEvent]]) -> AsyncIterator[LeaseEvent]:
+    """The events already available, without waiting for more."""
+    iterator = events.__aiter__()
+    while True:
+        try:
+            batch = await asyncio.wait_for(anext(iterator), 0.2)
+        except TimeoutError:
+            return
+        for event in batch:
+            yield event
