@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flanneld.lease import Lease, LeaseAttrs
-from flanneld.metrics import ForwardingSource, sysfs_device_source
+from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
 from flanneld.netconfig import NetworkConfig
 
 if TYPE_CHECKING:  # netlink imports pyroute2; config validation must not
@@ -54,6 +54,25 @@ class ReconcileResult:
     applied: int = 0
     repaired: int = 0
     failed: int = 0
+
+
+def netlink_device_source(ifname: str) -> ForwardingSource:
+    """Samples from a device's kernel counters; nothing while the device is missing."""
+
+    def source() -> list[TrafficSample | DropSample]:
+        from flanneld.netlink import link_counters
+
+        counters = link_counters(ifname)
+        if counters is None:
+            return []
+        return [
+            TrafficSample("tx", counters["tx_packets"], counters["tx_bytes"]),
+            TrafficSample("rx", counters["rx_packets"], counters["rx_bytes"]),
+            DropSample("kernel_tx", counters["tx_dropped"]),
+            DropSample("kernel_rx", counters["rx_dropped"]),
+        ]
+
+    return source
 
 
 class Backend(abc.ABC):
@@ -92,8 +111,9 @@ class Backend(abc.ABC):
 
     def forwarding_source(self) -> ForwardingSource:
         """Traffic counters for the metrics: by default the kernel's counters of the fabric
-        device (``device_name``); the udp backend overrides it with per-peer counters."""
-        return sysfs_device_source(self.device_name())
+        device (``device_name``), read over netlink in the daemon's own namespace; the udp
+        backend overrides it with per-peer counters."""
+        return netlink_device_source(self.device_name())
 
     def device_name(self) -> str:
         """The fabric device whose counters measure forwarded traffic."""

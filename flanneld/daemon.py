@@ -283,7 +283,7 @@ class Daemon:
                     log.info("peer removed subnet=%s public_ip=%s", lease.subnet, lease.attrs.public_ip)
             else:
                 known = self.peers.get(lease.subnet)
-                if known != lease:
+                if known is None or known.attrs != lease.attrs:  # not for a mere renewal
                     log.info("peer %s subnet=%s public_ip=%s",
                              "changed" if known else "added", lease.subnet, lease.attrs.public_ip)
                 self.peers[lease.subnet] = lease
@@ -321,8 +321,19 @@ class Daemon:
         margin = min(self.config.subnet_lease_renew_margin * 60.0, self.config.subnet_lease_ttl / 2)
         return max(0.0, self.lease.expiration - margin - time.time())
 
+    # While etcd does not answer, renewal is retried every 1..3 s (jittered): renewed within a
+    # few seconds of etcd's return, at negligible cost meanwhile.  One log line when it starts
+    # failing, one when the lease runs out by our clock, one reminder a minute, one on success.
+    RENEW_RETRY_CAP = 3.0
+    RENEW_REMINDER = 60.0
+
     async def _keep_lease(self) -> None:
         retry_at: float | None = None
+        backoff = Backoff(1.0, self.RENEW_RETRY_CAP)
+        failing_since: float | None = None
+        attempts = 0
+        remind_at = 0.0
+        expiry_logged = False
         while True:
             assert self.lease is not None
             delay = self._renew_delay() if retry_at is None else max(0.0, retry_at - time.monotonic())
@@ -339,13 +350,30 @@ class Daemon:
                 continue
             except StoreUnavailableError as exc:
                 self.metrics.lease_event("renew", False)
+                now = time.monotonic()
                 left = (self.lease.expiration or time.time()) - time.time()
-                wait = min(60.0, max(1.0, left / 4))
-                log.warning("renewing lease %s failed: %s; retrying in %.0fs (expires in %.0fs)",
-                            self.lease.subnet, exc, wait, left)
-                retry_at = time.monotonic() + wait
+                attempts += 1
+                if failing_since is None:
+                    failing_since, remind_at = now, now + self.RENEW_REMINDER
+                    log.warning("renewing lease %s failed: %s; retrying every %.0fs at most "
+                                "(expires in %.0fs)", self.lease.subnet, exc, self.RENEW_RETRY_CAP, left)
+                elif now >= remind_at:
+                    remind_at = now + self.RENEW_REMINDER
+                    log.warning("renewing lease %s still failing (%d attempts in %.0fs): %s",
+                                self.lease.subnet, attempts, now - failing_since, exc)
+                if left <= 0 and not expiry_logged:
+                    expiry_logged = True
+                    log.error("lease %s ran out by our clock while etcd is unreachable; the "
+                              "datapath stays up and the lease is renewed once etcd answers",
+                              self.lease.subnet)
+                retry_at = now + backoff.next()
                 continue
-            retry_at = None
+            if failing_since is not None:
+                log.warning("lease renewed after %d failed attempts in %.1fs", attempts,
+                            time.monotonic() - failing_since)
+                self.watcher.wake()  # etcd answers again: do not wait out the watch's backoff
+            retry_at, failing_since, attempts, expiry_logged = None, None, 0, False
+            backoff.reset()
             self.metrics.lease_event("renew", True)
             self.metrics.set_lease_expiry(self.lease.expiration)
             log.info("lease renewed subnet=%s expires_in=%.0fs", self.lease.subnet,

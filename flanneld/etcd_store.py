@@ -48,6 +48,16 @@ _RETRYABLE = (
 )
 
 
+# grpc backs off reconnecting up to 120 s by default and fails every call meanwhile with the
+# last "connection refused": after a long etcd outage the daemon would stay cut off for up to
+# two minutes after etcd is back.  Our callers have their own backoff, so keep grpc's short.
+_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
 class EtcdNotFoundError(FlannelError):
     """etcd answered that the object (e.g. an etcd lease) does not exist."""
 
@@ -200,6 +210,7 @@ class EtcdStore:
                 password=self._password,
                 timeout=max(1, round(self._timeout)),
                 credentials=self._credentials,
+                options=dict(_CHANNEL_OPTIONS),
             )
             self._clients[index] = client
         return client

@@ -66,6 +66,23 @@ class LeaseWatcher:
         self._sleep = sleep
         self._backoff = backoff or Backoff(0.5, 30.0)
         self.connected = True
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Cut the current reconnect backoff short once (e.g. the daemon reached etcd again)."""
+        self._wake.set()
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay``, or less if woken; each wake-up ends exactly one pause."""
+        if not self._wake.is_set():
+            sleeper = asyncio.ensure_future(self._sleep(delay))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+        self._wake.clear()
 
     def _apply(self, event: WatchEvent) -> LeaseEvent | None:
         try:
@@ -153,4 +170,4 @@ class LeaseWatcher:
                                 exc, self.revision + 1)
                     self.connected = False
                 self._on_reset("reconnect")
-                await self._sleep(self._backoff.next())
+                await self._pause(self._backoff.next())

@@ -21,9 +21,12 @@ import errno
 import ipaddress
 import json
 import os
+import select
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ BATCH = 64  # packets per readable callback before yielding to the other directi
 SOL_UDP = 17
 SO_SNDBUFFORCE = 32  # not exported by Python 3.11's socket module
 SO_RCVBUFFORCE = 33
+IO_MODES = ("loop", "poll", "threads", "blocking")
+# reads up to `budget` (default BATCH) packets, returns how many (0: nothing was there)
+Drain = Callable[[int], int]
 
 
 def open_socket(host: str, port: int, bufsize: int = SOCKET_BUFFER) -> socket.socket:
@@ -57,8 +63,16 @@ class Datapath:
     """One TUN, one UDP socket, one route table. Not thread-safe: call from the loop thread."""
 
     def __init__(self, tun: Tun, sock: socket.socket, subnet: str, mtu: int,
-                 port: int = DEFAULT_PORT, offload: bool | None = None) -> None:
+                 port: int = DEFAULT_PORT, offload: bool | None = None, io: str = "loop",
+                 busy_poll_us: int = 0) -> None:
+        if io not in IO_MODES:
+            raise ValueError(f"io must be one of {IO_MODES}, got {io!r}")
         self.tun, self.sock, self.port, self.mtu = tun, sock, port, mtu
+        self.io, self.busy_poll_us = io, busy_poll_us
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._wake_r = self._wake_w = -1
         self.local = core.LocalSubnet.parse(subnet)
         self.routes = core.RouteTable()
         self.drops = core.new_drop_counters()
@@ -68,7 +82,6 @@ class Datapath:
         self.offload = tun.vnet_hdr if offload is None else offload
         self._buf = bytearray(65536 + 16)
         self._view = memoryview(self._buf)
-        self._readers: list[int] = []
         self._gso: Any = None
         if self.offload:
             from flanneld.backends.udp.gso import OffloadPath  # numpy only in this mode
@@ -84,8 +97,9 @@ class Datapath:
 
     def stats(self) -> dict[str, Any]:
         return {
+            # list(): one C call, safe against a datapath thread adding a peer meanwhile
             "peers": {h: {"tx_packets": c[0], "tx_bytes": c[1], "rx_packets": c[2],
-                          "rx_bytes": c[3]} for h, c in self.peers.items()},
+                          "rx_bytes": c[3]} for h, c in list(self.peers.items())},
             "drops": core.drops_by_name(self.drops),
             "icmp_sent": self.icmp_sent,
             "routes": {str(n): h for n, (h, _) in self.routes.items()},
@@ -101,26 +115,96 @@ class Datapath:
         return c
 
     # -- the hot loop ---------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        on_tun: Callable[[], None] = self._gso.on_tun if self._gso else self._on_tun
-        on_sock: Callable[[], None] = self._gso.on_sock if self._gso else self._on_sock
-        loop.add_reader(self.tun.fd, on_tun)
-        loop.add_reader(self.sock.fileno(), on_sock)
-        self._readers = [self.tun.fd, self.sock.fileno()]
+    def handlers(self) -> tuple[Drain, Drain]:
+        """The two drain functions (TUN -> underlay, underlay -> TUN) of the selected mode."""
+        if self._gso is not None:
+            return self._gso.on_tun, self._gso.on_sock
+        return self._on_tun, self._on_sock
 
-    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
-        for fd in self._readers:
-            loop.remove_reader(fd)
-        self._readers = []
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start forwarding: loop readers (``io="loop"``) or datapath thread(s)."""
+        on_tun, on_sock = self.handlers()
+        fds = (self.tun.fd, self.sock.fileno())
+        if self.io == "loop":
+            if loop is None:
+                raise ValueError("io='loop' needs the event loop")
+            loop.add_reader(fds[0], on_tun)
+            loop.add_reader(fds[1], on_sock)
+            self._loop = loop
+            return
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.io == "blocking":
+            os.set_blocking(self.tun.fd, True)
+            self.sock.setblocking(True)
+            for i, d in enumerate((on_tun, on_sock)):
+                t = threading.Thread(target=self._blocking_loop, args=(d,), daemon=True,
+                                     name=f"udp-datapath-{i}")
+                t.start()
+                self._threads.append(t)
+            return
+        jobs: list[tuple[tuple[int, Drain], ...]]
+        if self.io == "poll":
+            jobs = [((fds[0], on_tun), (fds[1], on_sock))]
+        else:
+            jobs = [((fds[0], on_tun),), ((fds[1], on_sock),)]
+        for i, job in enumerate(jobs):
+            t = threading.Thread(target=self._poll_loop, args=(job,), daemon=True,
+                                 name=f"udp-datapath-{i}")
+            t.start()
+            self._threads.append(t)
 
-    def _on_tun(self) -> None:
+    def stop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.tun.fd)
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        if self._threads:
+            self._stopping = True
+            os.write(self._wake_w, b"x")
+            for t in self._threads:
+                t.join()
+            self._threads = []
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _blocking_loop(self, drain: Drain) -> None:
+        while not self._stopping:
+            drain(1)
+
+    def _poll_loop(self, job: tuple[tuple[int, Drain], ...]) -> None:
+        """A datapath thread: poll() the fds (GIL released while asleep), drain the readable
+        ones, then spin on non-blocking drains for up to ``busy_poll_us`` of quiet before the
+        next poll(), so a reply arriving right after a forward skips the wake-up."""
+        poller = select.poll()
+        for fd, _ in job:
+            poller.register(fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        by_fd = dict(job)
+        drains = tuple(d for _, d in job)
+        spin_ns = self.busy_poll_us * 1000
+        clock = time.perf_counter_ns
+        budget = int(os.environ.get("FUDP_BUDGET", "1"))
+        while not self._stopping:
+            for fd, _ev in poller.poll():
+                d = by_fd.get(fd)
+                if d is not None:
+                    d(budget)
+            if spin_ns:
+                deadline = clock() + spin_ns
+                while clock() < deadline:
+                    for d in drains:
+                        if d(BATCH):
+                            deadline = clock() + spin_ns
+
+    def _on_tun(self, budget: int = BATCH) -> int:
         fd, buf, view, drops, routes = self.tun.fd, [self._buf], self._view, self.drops, self.routes
         sendto, mtu, raw, ttl = self.sock.sendto, self.mtu, self._buf, core.decrement_ttl
-        for _ in range(BATCH):
+        for i in range(budget):
             try:
                 n = os.readv(fd, buf)
             except BlockingIOError:
-                return
+                return i
             pkt = view[:n]
             # fast path inline (no Verdict object); anything unusual goes through core.from_tun
             peer = routes.lookup(int.from_bytes(raw[16:20], "big")) if n >= 20 else None
@@ -138,15 +222,16 @@ class Datapath:
             c = self.peers.get(peer[0]) or self.peer_counters(peer[0])
             c[0] += 1
             c[1] += n
+        return budget
 
-    def _on_sock(self) -> None:
+    def _on_sock(self, budget: int = BATCH) -> int:
         recv, view, fd, drops = self.sock.recvfrom_into, self._view, self.tun.fd, self.drops
         routes, local, write = self.routes, self.local, os.write
-        for _ in range(BATCH):
+        for i in range(budget):
             try:
                 n, (host, _port) = recv(self._buf)
             except BlockingIOError:
-                return
+                return i
             pkt = view[:n]
             if not core.accept_received(pkt, host, routes, local, drops):
                 continue
@@ -158,6 +243,7 @@ class Datapath:
             c = self.peers.get(host) or self.peer_counters(host)
             c[2] += 1
             c[3] += n
+        return budget
 
     def write_tun(self, pkt: bytes) -> None:
         """Write one locally built packet (an ICMP error) into the TUN."""
@@ -234,6 +320,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offload", action="store_true", help="IFF_VNET_HDR + TSO + UDP GSO/GRO")
     p.add_argument("--control", help="unix socket path for set_route/del_route/stats")
     p.add_argument("--bufsize", type=int, default=SOCKET_BUFFER)
+    p.add_argument("--io", choices=IO_MODES, default="loop",
+                   help="asyncio readers, one poll() thread, or one thread per direction")
+    p.add_argument("--busy-poll-us", type=int, default=0,
+                   help="threads: spin this long after traffic before sleeping in poll()")
     p.add_argument("--ready-file", help="touched once the datapath forwards")
     return p.parse_args(argv)
 
@@ -253,7 +343,7 @@ def build(args: argparse.Namespace) -> Datapath:
     except BaseException:
         tun.close()
         raise
-    dp = Datapath(tun, sock, args.subnet, mtu, port)
+    dp = Datapath(tun, sock, args.subnet, mtu, port, io=args.io, busy_poll_us=args.busy_poll_us)
     for r in args.route:
         subnet, _, underlay = r.partition("=")
         dp.set_route(subnet, underlay)

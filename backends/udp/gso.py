@@ -166,15 +166,15 @@ class OffloadPath:
         self.super_packets_rx = 0
 
     # -- TUN -> underlay ------------------------------------------------------------------
-    def on_tun(self) -> None:
+    def on_tun(self, budget: int = BATCH) -> int:
         dp, fd, bufs, view, raw = self.dp, self.dp.tun.fd, [self.buf], self.view, self.buf
         drops, routes, mtu, ttl = dp.drops, dp.routes, dp.mtu, core.decrement_ttl
         sendto = dp.sock.sendto
-        for _ in range(BATCH):
+        for i in range(budget):
             try:
                 n = os.readv(fd, bufs)
             except BlockingIOError:
-                return
+                return i
             if n < VNET_HDR_LEN + core.IPV4_MIN_HEADER:
                 drops[DropReason.TRUNCATED] += 1
                 continue
@@ -205,6 +205,7 @@ class OffloadPath:
             c = dp.peers.get(peer[0]) or dp.peer_counters(peer[0])
             c[0] += 1
             c[1] += n - VNET_HDR_LEN
+        return budget
 
     def _send_super(self, pkt: memoryview, mss: int) -> None:
         dp = self.dp
@@ -251,15 +252,15 @@ class OffloadPath:
         c[1] += len(data)
 
     # -- underlay -> TUN ------------------------------------------------------------------
-    def on_sock(self) -> None:
+    def on_sock(self, budget: int = BATCH) -> int:
         dp, recv, bufs, view = self.dp, self.dp.sock.recvmsg_into, self.rbufs, self.rview
         whole, fd = memoryview(self.rbuf), dp.tun.fd
         drops, routes, local = dp.drops, dp.routes, dp.local
-        for _ in range(BATCH):
+        for i in range(budget):
             try:
                 n, anc, _flags, (host, _port) = recv(bufs, self.cmsg_space)
             except BlockingIOError:
-                return
+                return i
             if host not in routes.leased:
                 drops[DropReason.SOURCE_NO_LEASE] += 1
                 continue
@@ -296,6 +297,7 @@ class OffloadPath:
                     good.append(p)
             if good:
                 self._write(good, host)
+        return budget
 
     def _write(self, pkts: list[memoryview], host: str) -> None:
         """Write `pkts` into the TUN, coalescing runs of one TCP flow into GSO super-packets."""

@@ -29,6 +29,16 @@ sys.path.insert(0, str(REPO / "tests" / "udp"))
 import udp_topology as topo  # noqa: E402
 
 MODES = ("ours", "ours-plain", "cfwd", "vxlan")
+# extra datapath arguments of experimental modes: "ours-<name>" / "ours-plain-<name>"
+VARIANTS: dict[str, list[str]] = {
+    "loop": ["--io", "loop"],
+    "poll": ["--io", "poll"],
+    "threads": ["--io", "threads"],
+    "blocking": ["--io", "blocking"],
+    "poll-bp50": ["--io", "poll", "--busy-poll-us", "50"],
+    "poll-bp200": ["--io", "poll", "--busy-poll-us", "200"],
+    "threads-bp50": ["--io", "threads", "--busy-poll-us", "50"],
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -44,9 +54,9 @@ def setup_vxlan() -> None:
     macs = ("02:fd:00:00:00:01", "02:fd:00:00:00:02")
     for i, node in enumerate(topo.NODES):
         o = 1 - i
-        dev = f"fudp-vx{i + 1}"
+        dev = f"{topo.PREFIX}-vx{i + 1}"
         topo.sh("ip", "link", "add", dev, "address", macs[i], "type", "vxlan", "id", "1", "local",
-                topo.UNDERLAY[i], "dev", f"fudp-u{i + 1}", "dstport", "8472", "nolearning",
+                topo.UNDERLAY[i], "dev", f"{topo.PREFIX}-u{i + 1}", "dstport", "8472", "nolearning",
                 ns=node)
         topo.sh("ip", "link", "set", dev, "mtu", "1450", "up", ns=node)
         topo.sh("ip", "addr", "add", topo.SUBNETS[i].split("/")[0] + "/32", "dev", dev, ns=node)
@@ -64,7 +74,16 @@ def start(mode: str, work: Path, cfwd: Path) -> list[topo.Proc]:
         return []
     if mode == "cfwd":
         return [topo.start_cfwd(i, cfwd, work) for i in (0, 1)]
-    return [topo.start_ours(i, work, offload=(mode == "ours")) for i in (0, 1)]
+    offload, extra = ours_args(mode)
+    return [topo.start_ours(i, work, offload=offload, extra=extra) for i in (0, 1)]
+
+
+def ours_args(mode: str) -> tuple[bool, list[str]]:
+    """"ours[-plain][-<variant>]" -> (offload, extra datapath arguments)."""
+    rest = mode.removeprefix("ours")
+    offload = not rest.startswith("-plain")
+    variant = rest.removeprefix("-plain").removeprefix("-")
+    return offload, (VARIANTS[variant] if variant else [])
 
 
 def iperf(work: Path, args: list[str], seconds: int) -> dict[str, object]:
@@ -117,9 +136,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--prefix", default="fudpb", help="namespace/link name prefix")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "udp.json"))
     args = ap.parse_args()
     modes = args.modes.split(",")
+    topo.set_prefix(args.prefix)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="fudp-bench-") as tmp:
         work = Path(tmp)

@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     kf.add_argument("--signal", default="KILL")
     sf = add("start-flanneld", "start a node's flanneld again")
     sf.add_argument("node")
+    sf.add_argument("--flanneld-arg", action="append", default=[], metavar="ARG",
+                    help="extra flanneld argument for this run only (repeatable)")
 
     es = add("etcd-stop", "stop the lab's etcd (data kept): flanneld loses its store")
     es.add_argument("--signal", default="TERM")
@@ -212,7 +214,7 @@ def dispatch(a: argparse.Namespace, name: str) -> int:
             return 1
         return 0
     if a.cmd == "start-flanneld":
-        ref = lab.start_flanneld(name, _node(a.node, names))
+        ref = lab.start_flanneld(name, _node(a.node, names), extra_args=a.flanneld_arg)
         print(f"flanneld on {a.node} pid {ref.pid}")
         return 0
     if a.cmd == "etcd-stop":

@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from netnslab.proc import CommandError, ProcRef, alive, nsexec, signal_proc, spawn, wait_dead
 from netnslab.state import VENV_BIN, LabState
 
 
-def flanneld_command(lab: LabState, node: int) -> list[str]:
+def flanneld_command(lab: LabState, node: int, extra: Sequence[str] = ()) -> list[str]:
+    """The node's flanneld command line: lab defaults, the lab's args, then ``extra``."""
     names = lab.names
     return [
         str(VENV_BIN / "flanneld"),
@@ -24,6 +26,7 @@ def flanneld_command(lab: LabState, node: int) -> list[str]:
         "--iface", names.uplink,
         "--healthz-port", "0",
         *lab.flanneld_args,
+        *extra,
     ]  # fmt: skip
 
 
@@ -40,7 +43,7 @@ def running(lab: LabState, node: int) -> ProcRef | None:
     return ref if ref is not None and alive(ref) else None
 
 
-def start(lab: LabState, node: int) -> ProcRef:
+def start(lab: LabState, node: int, extra: Sequence[str] = ()) -> ProcRef:
     if running(lab, node):
         raise CommandError(f"flanneld already running on n{node}")
     lab.node_dir(node).mkdir(parents=True, exist_ok=True)
@@ -50,7 +53,7 @@ def start(lab: LabState, node: int) -> ProcRef:
     # FLANNELD_* from the caller's environment would silently change every node's flags.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLANNELD_")}
     env["PYTHONUNBUFFERED"] = "1"
-    ref = spawn(nsexec(lab.names.node_ns(node), flanneld_command(lab, node)), log, env)
+    ref = spawn(nsexec(lab.names.node_ns(node), flanneld_command(lab, node, extra)), log, env)
     pid_file(lab, node).write_text(ref.dump())
     return ref
 

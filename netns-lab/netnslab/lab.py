@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
@@ -210,11 +211,15 @@ def add_bare_node(name: str, node: int) -> None:
     lab.save()
 
 
-def start_flanneld(name: str, node: int, timeout: float = 30.0) -> ProcRef:
+def start_flanneld(
+    name: str, node: int, timeout: float = 30.0, extra_args: Sequence[str] = ()
+) -> ProcRef:
+    """Start a node's flanneld (lab args plus ``extra_args`` for this run only); returns
+    once its subnet.env is (re)written."""
     lab = load(name)
     _check_node(lab, node)
     since = time.time() - 0.05
-    ref = daemon.start(lab, node)
+    ref = daemon.start(lab, node, extra_args)
     daemon.wait_subnet_file(lab, node, ref, timeout, since)
     return ref
 

@@ -8,6 +8,7 @@ name, so lab tests never clash with a demo lab (``flab``) or with each other.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -40,11 +41,14 @@ def require_root() -> None:
 
 
 def require_flanneld() -> None:
+    """Skip without root; FAIL (never skip) when flanneld does not run: a broken daemon
+    must turn CI red, not quietly skip every lab test."""
     require_root()
     exe = REPO / ".venv" / "bin" / "flanneld"
     res = subprocess.run([str(exe), "--version"], capture_output=True, check=False)
     if res.returncode != 0:
-        pytest.skip(f"flanneld not runnable yet: {res.stderr.decode()[-200:]}")
+        pytest.fail(f"flanneld does not run ({exe} --version exited {res.returncode}): "
+                    f"{res.stderr.decode()[-400:]}")
 
 
 def poll(
@@ -163,3 +167,192 @@ def dump_logs(name: str) -> None:
     for node in sorted(lab.nodes):
         print(f"===== {name} n{node} flanneld.log =====")
         print(daemon.log_tail(lab, node, 60))
+
+
+# ---------------------------------------------------------------- fault-suite helpers
+
+HEALTHZ_PORT = 8471  # inside node namespaces only (each node has its own loopback)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime (fields 14-17)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def figure(test: str, **values: object) -> str:
+    """Print the one ``FIGURE`` line a fault test reports (and return it)."""
+    parts = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    line = f"FIGURE {test} {parts}"
+    print(line, flush=True)
+    return line
+
+
+class PingResult:
+    """A stopped ping: ping's own counts and the time of every reply."""
+
+    def __init__(self, sent: int, received: int, replies: list[tuple[float, int]], text: str) -> None:
+        self.sent = sent
+        self.received = received
+        self.replies = replies  # (unix time, icmp_seq)
+        self.text = text
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+    def max_gap(self, start: float, end: float) -> float:
+        """Longest time without a reply inside [start, end] (window edges count as replies)."""
+        times = [start, *(t for t, _ in self.replies if start < t < end), end]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+class Pinger:
+    """``ping -D -i 0.01`` from a pod namespace; output goes to a file (never blocks on a pipe)."""
+
+    def __init__(self, src_ns: str, dst: str, out: Path, interval: float = 0.01) -> None:
+        self.out = out
+        self.src, self.dst = src_ns, dst
+        with out.open("w") as fh:
+            self.proc = subprocess.Popen(
+                nsexec(src_ns, ["ping", "-n", "-D", "-i", f"{interval:g}", "-W", "1", dst]),
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def replies(self) -> list[tuple[float, int]]:
+        out = []
+        for line in self.out.read_text(errors="replace").splitlines():
+            if "bytes from" in line and line.startswith("[") and "icmp_seq=" in line:
+                stamp = float(line[1 : line.index("]")])
+                seq = int(line.split("icmp_seq=")[1].split()[0])
+                out.append((stamp, seq))
+        return out
+
+    def wait_flowing(self, timeout: float = 10.0) -> None:
+        poll(lambda: len(self.replies()) >= 5, timeout, 0.05, f"ping {self.src} -> {self.dst} answered")
+
+    def stop(self) -> PingResult:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: ping prints its summary
+        self.proc.wait(10)
+        text = self.out.read_text(errors="replace")
+        for line in text.splitlines():
+            if "packets transmitted" in line:
+                parts = line.split(",")
+                sent, received = int(parts[0].split()[0]), int(parts[1].split()[0])
+                return PingResult(sent, received, self.replies(), text)
+        raise AssertionError(f"ping {self.src} -> {self.dst}: no summary in {text[-500:]!r}")
+
+
+_READYZ_POLLER = r"""
+import json, signal, socket, sys, time
+port, stop, last, seen, counts = int(sys.argv[1]), [], None, [], {}
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+print("polling", flush=True)
+while not stop:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /readyz HTTP/1.0\r\nHost: n\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        code = int(data.split()[1]) if data.startswith(b"HTTP/") else -1
+    except OSError:
+        code = 0
+    counts[code] = counts.get(code, 0) + 1
+    if code != last:
+        seen.append((time.time(), code))
+        last = code
+print(json.dumps({"transitions": seen, "counts": counts}), flush=True)
+"""
+
+
+class ReadyzPoller:
+    """Polls a node's /readyz back to back from inside its namespace; every status change is
+    recorded with its time (0 = no answer)."""
+
+    def __init__(self, ns: str, port: int = HEALTHZ_PORT) -> None:
+        self.proc = subprocess.Popen(
+            nsexec(ns, [sys.executable, "-c", _READYZ_POLLER, str(port)]),
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "polling"
+
+    def stop(self) -> tuple[list[tuple[float, int]], dict[str, int]]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        summary = json.loads(out.strip().splitlines()[-1])
+        return [(float(t), int(c)) for t, c in summary["transitions"]], summary["counts"]
+
+
+class FaultLab(LabHandle):
+    """LabHandle plus what the fault suite needs: etcd on/off, daemon pids/CPU, /readyz."""
+
+    def flanneld_pid(self, node: int) -> int:
+        ref = daemon.running(self.state, node)
+        assert ref is not None, f"flanneld on n{node} is not running:\n{self.log_tail(node)}"
+        return ref.pid
+
+    def flanneld_alive(self, node: int, pid: int) -> bool:
+        ref = daemon.running(self.state, node)
+        return ref is not None and ref.pid == pid
+
+    def stop_etcd(self) -> None:
+        assert labmod.stop_etcd(self.name), "etcd was not running"
+
+    def start_etcd(self) -> float:
+        """Start etcd again; returns the time.time() at which it answered /health."""
+        labmod.start_etcd(self.name)
+        return time.time()
+
+    def start_flanneld_with(self, node: int, *extra: str) -> None:
+        labmod.start_flanneld(self.name, node, extra_args=extra)
+
+    def readyz(self, node: int, port: int = HEALTHZ_PORT) -> int:
+        url = f"http://127.0.0.1:{port}/readyz"
+        cmd = nsexec(self.node_ns(node), ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "1", url])
+        out = run(cmd, check=False).stdout.strip()
+        return int(out) if out.isdigit() else 0
+
+    def fdb(self, node: int, dev: str = "flannel.1") -> list[dict[str, Any]]:
+        out = run(["bridge", "-n", self.node_ns(node), "-j", "fdb", "show", "dev", dev], check=False)
+        try:
+            parsed: list[dict[str, Any]] = json.loads(out.stdout or "[]")
+        except ValueError:
+            return []
+        return parsed
+
+    def etcd_lease_id(self, key: str) -> int:
+        """The etcd lease behind ``key`` (0: key absent or without lease)."""
+        got = json.loads(self.etcdctl("get", key, "-w", "json"))
+        kvs = got.get("kvs") or []
+        return int(kvs[0].get("lease", 0)) if kvs else 0
+
+    def etcd_lease_count(self) -> int:
+        return len(json.loads(self.etcdctl("lease", "list", "-w", "json")).get("leases") or [])
+
+    def log_size(self, node: int) -> int:
+        return daemon.log_file(self.state, node).stat().st_size
+
+    def log_since(self, node: int, offset: int) -> list[str]:
+        with daemon.log_file(self.state, node).open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace").splitlines()
+
+    def pinger(self, src: tuple[int, int], dst: tuple[int, int]) -> Pinger:
+        src_pod = self.pod(*src)
+        out = self.state.dir / f"ping-{src_pod.name}-n{dst[0]}p{dst[1]}.log"
+        return Pinger(src_pod.name, self.pod_ip(*dst), out)
+
+
+@contextlib.contextmanager
+def fault_lab(name: str, **opts: Any) -> Iterator[FaultLab]:
+    """``lab_running`` giving a FaultLab; prints every node's log when the block fails."""
+    with lab_running(name, **opts) as handle:
+        try:
+            yield FaultLab(handle.name)
+        except BaseException:
+            dump_logs(name)
+            raise

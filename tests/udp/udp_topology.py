@@ -23,12 +23,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 NETWORK = "10.244.0.0/16"
+PREFIX = "fudp"  # every namespace and link name starts with it (the bench uses "fudpb")
 NODES = ("fudp-n1", "fudp-n2")
 PODS = ("fudp-p1", "fudp-p2")
 UNDERLAY = ("198.18.0.1", "198.18.0.2")
 SUBNETS = ("10.244.1.0/24", "10.244.2.0/24")
 POD_IPS = ("10.244.1.2", "10.244.2.2")
 GATEWAYS = ("10.244.1.1", "10.244.2.1")
+
+
+def set_prefix(prefix: str) -> None:
+    """Rename the whole topology (e.g. the bench runs as `fudpb` beside the netlink tests)."""
+    global PREFIX, NODES, PODS
+    PREFIX = prefix
+    NODES = (f"{prefix}-n1", f"{prefix}-n2")
+    PODS = (f"{prefix}-p1", f"{prefix}-p2")
 
 
 def sh(*args: str, check: bool = True, ns: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,15 +55,15 @@ def setup(pod_mtu: int = 1500, external_mtu: int = 1500) -> None:
     for ns in (*NODES, *PODS):
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "set", "lo", "up", ns=ns)
-    sh("ip", "link", "add", "fudp-u1", "netns", NODES[0], "mtu", str(external_mtu), "type",
-       "veth", "peer", "name", "fudp-u2", "netns", NODES[1], "mtu", str(external_mtu))
+    sh("ip", "link", "add", f"{PREFIX}-u1", "netns", NODES[0], "mtu", str(external_mtu), "type",
+       "veth", "peer", "name", f"{PREFIX}-u2", "netns", NODES[1], "mtu", str(external_mtu))
     for i, node in enumerate(NODES):
-        u, pod = f"fudp-u{i + 1}", PODS[i]
+        u, pod = f"{PREFIX}-u{i + 1}", PODS[i]
         sh("ip", "addr", "add", f"{UNDERLAY[i]}/24", "dev", u, ns=node)
         sh("ip", "link", "set", u, "up", ns=node)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=node)
         sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", ns=node)
-        gw = f"fudp-g{i + 1}"
+        gw = f"{PREFIX}-g{i + 1}"
         sh("ip", "link", "add", gw, "netns", node, "mtu", str(pod_mtu), "type", "veth", "peer",
            "name", "eth0", "netns", pod, "mtu", str(pod_mtu))
         sh("ip", "addr", "add", f"{GATEWAYS[i]}/24", "dev", gw, ns=node)

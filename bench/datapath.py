@@ -1,0 +1,278 @@
+"""Pod-to-pod datapath per backend beside the raw underlay, on a 2-node netns lab (issue 3, bench 3).
+
+Run as root:  .venv/bin/python bench/datapath.py [--quick] [--backends vxlan,host-gw,udp]
+              [--reps 3] [--seconds 5] [--pps-seconds 3] [--pings 200] [--json PATH]
+
+For each backend a lab ``flabb2`` is built (2 nodes, one pod per node attached through our CNI
+plugin, flanneld with ``--ip-masq`` as kube-flannel runs it).  Inside that lab two paths are
+measured, alternating run by run (raw first on odd runs, overlay first on even ones) so the
+machine's noise of the moment hits both alike:
+
+    raw      node n1 -> node n2 over the underlay bridge (198.18.0.1 -> 198.18.0.2), no overlay
+    overlay  pod n1p1 -> pod n2p1 through the backend under test
+
+Per path and run: TCP throughput (iperf3, ``--seconds``), 64-byte UDP packets per second as
+received by the server (iperf3 -u -l 64 -b 0, ``--pps-seconds``), and ping RTT p50/p99
+(``--pings`` pings 10 ms apart).  Each figure is the median of ``--reps`` runs.  The ratio of a
+backend to the raw underlay is taken against the raw runs of the same lab (same minutes).
+
+The machine has 2 cores shared with other engineers' work and iperf3's sender and receiver
+compete with the datapath for them: read ratios within one run, not absolute figures.
+Exit 1 only if a datapath does not work at all (no ping reply, zero throughput or zero packets),
+never for speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "netns-lab"))
+
+from netnslab import lab as labmod  # noqa: E402
+from netnslab.names import LabNames, node_address  # noqa: E402
+from netnslab.state import LabState  # noqa: E402
+
+LAB_NAME = "flabb2"
+BACKENDS = ("vxlan", "host-gw", "udp")
+IPERF_PORT = "5201"
+METRICS = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms")
+HEADERS = {"tcp_gbps": "TCP Gbit/s", "pps_64": "64B pps", "rtt_p50_ms": "RTT p50 ms",
+           "rtt_p99_ms": "RTT p99 ms"}
+
+
+class DatapathBroken(RuntimeError):
+    """The path under test does not carry traffic at all."""
+
+
+@dataclass(frozen=True)
+class Path_:
+    """Where traffic starts and where it goes: a namespace pair and the destination address."""
+
+    name: str  # raw | overlay
+    src_ns: str
+    dst_ns: str
+    dst_ip: str
+
+
+def run(ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(q * len(ordered) + 0.999999) - 1))]
+
+
+# ---------------------------------------------------------------- one measurement
+
+
+@contextlib.contextmanager
+def iperf_server(ns: str) -> Iterator[None]:
+    """A one-shot iperf3 server in ``ns``, listening when the block starts, gone after it."""
+    srv = subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-s", "-1", "-p", IPERF_PORT],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while f":{IPERF_PORT} " not in run(ns, ["ss", "-Hltn"], 5).stdout:
+            if srv.poll() is not None or time.monotonic() > deadline:
+                raise DatapathBroken(f"iperf3 server in {ns} did not start")
+            time.sleep(0.02)
+        yield
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+        try:
+            srv.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+
+
+def iperf(path: Path_, seconds: float, extra: list[str]) -> dict[str, Any]:
+    with iperf_server(path.dst_ns):
+        res = run(path.src_ns, ["iperf3", "-c", path.dst_ip, "-p", IPERF_PORT, "-t", f"{seconds:g}",
+                                "--connect-timeout", "3000", "-J", *extra], seconds + 20)
+    try:
+        out: dict[str, Any] = json.loads(res.stdout)
+    except ValueError:
+        raise DatapathBroken(f"iperf3 {' '.join(extra)}: {res.stderr.strip()[-200:]}") from None
+    if "error" in out:
+        raise DatapathBroken(f"iperf3 {' '.join(extra)}: {out['error']}")
+    return out
+
+
+def tcp_gbps(path: Path_, seconds: float) -> float:
+    out = iperf(path, seconds, [])
+    return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def udp_pps(path: Path_, seconds: float) -> tuple[float, float]:
+    """64-byte datagrams per second received by the server, and sent (as fast as iperf3 can)."""
+    out = iperf(path, seconds, ["-u", "-l", "64", "-b", "0"])
+    end = out["end"]
+    s = end.get("sum_received") or end["sum"]  # packets = sent, lost_packets = not received
+    received = float(s["packets"]) - float(s.get("lost_packets", 0))
+    return received / float(s["seconds"]), float(s["packets"]) / float(s["seconds"])
+
+
+def ping_rtts(path: Path_, count: int) -> tuple[list[float], int]:
+    """RTTs in ms of ``count`` pings 10 ms apart, and how many were sent."""
+    res = run(path.src_ns, ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", path.dst_ip],
+              count * 0.01 + 15)
+    return [float(x) for x in re.findall(r"time=([\d.]+) ms", res.stdout)], count
+
+
+def measure(path: Path_, seconds: float, pps_seconds: float, pings: int) -> dict[str, float]:
+    warm, _ = ping_rtts(path, 5)  # ARP / neighbour resolution, and: does it work at all?
+    if not warm:
+        raise DatapathBroken(f"{path.name}: no ping reply from {path.dst_ip}")
+    gbps = tcp_gbps(path, seconds)
+    pps, pps_sent = udp_pps(path, pps_seconds)
+    rtts, sent = ping_rtts(path, pings)
+    if gbps <= 0 or pps <= 0 or not rtts:
+        raise DatapathBroken(f"{path.name}: TCP {gbps} Gbit/s, {pps} pps, {len(rtts)}/{sent} pings")
+    return {"tcp_gbps": gbps, "pps_64": pps, "rtt_p50_ms": pct(rtts, 0.5),
+            "rtt_p99_ms": pct(rtts, 0.99), "ping_loss": 1 - len(rtts) / sent, "pps_64_sent": pps_sent}
+
+
+# ---------------------------------------------------------------- one lab per backend
+
+
+class Interrupted(Exception):
+    """SIGTERM: unwind through the finally blocks like Ctrl-C does."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def lab(name: str, backend: str) -> Iterator[LabState]:
+    labmod.down(name)  # leftovers of an interrupted run
+    try:
+        state = labmod.up(name, labmod.UpOptions(nodes=2, backend=backend, pods_per_node=1,
+                                                 flanneld_args=("--ip-masq",), timeout=60.0))
+        yield state
+    finally:
+        labmod.down(name)
+
+
+def bench_backend(backend: str, reps: int, seconds: float, pps_seconds: float,
+                  pings: int) -> dict[str, list[dict[str, float]]]:
+    """Runs of the raw path and of the overlay path, interleaved, in one lab of ``backend``."""
+    runs: dict[str, list[dict[str, float]]] = {"raw": [], "overlay": []}
+    with lab(LAB_NAME, backend) as state:
+        names = LabNames(LAB_NAME)
+        dst_pod = state.nodes[2].pods[0]
+        paths = {
+            "raw": Path_("raw", names.node_ns(1), names.node_ns(2), str(node_address(2).ip)),
+            "overlay": Path_("overlay", state.nodes[1].pods[0].name, dst_pod.name,
+                             dst_pod.address.split("/")[0]),
+        }
+        for rep in range(reps):
+            order = ("raw", "overlay") if rep % 2 == 0 else ("overlay", "raw")
+            for which in order:
+                t0 = time.monotonic()
+                r = measure(paths[which], seconds, pps_seconds, pings)
+                runs[which].append(r)
+                label = "raw underlay" if which == "raw" else backend
+                print(f"  run {rep + 1} {label:13} TCP {r['tcp_gbps']:7.3f} Gbit/s  "
+                      f"{r['pps_64']:7.0f} pps (of {r['pps_64_sent']:6.0f} sent)  RTT p50 {r['rtt_p50_ms']:.3f} p99 {r['rtt_p99_ms']:.3f} ms"
+                      f"  loss {r['ping_loss']:.1%}  ({time.monotonic() - t0:.0f}s)", flush=True)
+    return runs
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in METRICS}
+
+
+def print_table(results: dict[str, dict[str, list[dict[str, float]]]], reps: int) -> None:
+    all_raw = [r for b in results.values() for r in b["raw"]]
+    raw = medians(all_raw)
+    print(f"\nmedians of {reps} run(s) per path; ratios = backend / raw underlay measured in the "
+          "same lab (higher is better for TCP and pps, lower for RTT)")
+    head = "".join(f"{HEADERS[k]:>12}" for k in METRICS)
+    ratio_head = "".join(f"{label:>10}" for label in ("TCP x", "pps x", "p50 x", "p99 x"))
+    print(f"{'path':22}{head}  {ratio_head}")
+    print(f"{'raw underlay (all)':22}" + "".join(_cell(k, raw[k]) for k in METRICS))
+    for backend, runs in results.items():
+        over, paired = medians(runs["overlay"]), medians(runs["raw"])
+        ratios = "".join(f"{over[k] / paired[k]:9.2f}x" for k in METRICS)
+        print(f"{backend + ' pod-to-pod':22}" + "".join(_cell(k, over[k]) for k in METRICS) + f"  {ratios}")
+    print("raw underlay per lab (the pairing base of each ratio):")
+    for backend, runs in results.items():
+        paired = medians(runs["raw"])
+        print(f"  {'in the ' + backend + ' lab':20}" + "".join(_cell(k, paired[k]) for k in METRICS))
+
+
+def _cell(metric: str, value: float) -> str:
+    if metric == "pps_64":
+        return f"{value:12.0f}"
+    return f"{value:12.3f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0, help="TCP iperf3 duration")
+    ap.add_argument("--pps-seconds", type=float, default=3.0, help="64-byte UDP iperf3 duration")
+    ap.add_argument("--pings", type=int, default=200)
+    ap.add_argument("--json", help="also write every run and the medians here")
+    ap.add_argument("--quick", action="store_true", help="CI smoke: 1 run, 1 s iperf3, 50 pings")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("datapath bench needs root (it builds a netns lab)")
+    if args.quick:
+        args.reps, args.seconds, args.pps_seconds, args.pings = 1, 1.0, 1.0, 50
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    backends = args.backends.split(",")
+    print(f"datapath: 2-node lab {LAB_NAME} per backend, {args.reps} run(s) per path, TCP "
+          f"{args.seconds:g} s, 64 B UDP {args.pps_seconds:g} s, {args.pings} pings at 10 ms", flush=True)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    broken: list[str] = []
+    for backend in backends:
+        print(f"{backend}:", flush=True)
+        t0 = time.monotonic()
+        try:
+            results[backend] = bench_backend(backend, args.reps, args.seconds, args.pps_seconds,
+                                             args.pings)
+        except (DatapathBroken, subprocess.TimeoutExpired) as exc:
+            print(f"  BROKEN: {exc}", flush=True)
+            broken.append(backend)
+            continue
+        print(f"  ({time.monotonic() - t0:.0f}s)", flush=True)
+    if results:
+        print_table(results, args.reps)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"runs": results, "broken": broken}, indent=1))
+    if broken:
+        print(f"FAIL: datapath not working for {', '.join(broken)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, Interrupted):
+        print("interrupted: lab torn down", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Fuzz tests (hypothesis, >= 10,000 cases per target) of everything read from outside."""

@@ -1,0 +1,102 @@
+"""Hypothesis strategies shared by the fuzz targets: junk JSON values and hostile documents.
+
+Why one place: every input read from outside (etcd values, CNI stdin) gets the same kinds of
+abuse - wrong JSON types, huge and negative numbers, unicode (including lone surrogates from
+``\\ud800`` escapes), nested junk, field names in any letter case, raw bytes and mutated
+documents - so each target only adds what is specific to its format.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from hypothesis import strategies as st
+
+HUGE = 1 << 200
+# Nesting deeper than the interpreter's recursion limit (the C JSON scanner counts against it).
+DEEP = 3000
+
+scalars: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 70), 1 << 70),
+    st.sampled_from([0, -1, 1, HUGE, -HUGE, 2**31, 2**32, 2**64]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["", " ", "\u0000", "\ud800", "\u202e", "１２", "null", "true", "1e999"]),
+)
+
+junk: st.SearchStrategy[Any] = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+
+
+@lru_cache(maxsize=None)
+def ints(low: int, high: int) -> st.SearchStrategy[int]:
+    """A cached ``st.integers``: building strategies inside a composite draw is what makes
+    hypothesis slow (each new one is validated again), so composites only draw cached ones."""
+    return st.integers(low, high)
+
+
+def chance(draw: st.DrawFn, one_in: int) -> bool:
+    """True with probability 1/one_in (as hypothesis sees it: shrinks towards False)."""
+    return draw(ints(0, one_in - 1)) == one_in - 1
+
+
+@lru_cache(maxsize=None)
+def case_variant(name: str) -> st.SearchStrategy[str]:
+    """The field name as written, in lower/upper/swapped case, or with alternate letters
+    flipped (Go's decoder, and so flannel's, matches field names case-insensitively)."""
+    alternate = "".join(c.swapcase() if i % 2 else c for i, c in enumerate(name))
+    variants = dict.fromkeys([name, name.lower(), name.upper(), name.swapcase(), alternate])
+    return st.sampled_from(list(variants))
+
+
+def dumps(obj: Any) -> str:
+    """JSON text of a generated document; lone surrogates survive as \\uXXXX escapes."""
+    return json.dumps(obj, ensure_ascii=True)
+
+
+def deep_document(field_name: str | None) -> st.SearchStrategy[str]:
+    """``[[[[...]]]]`` (or ``{"Field": [[[...`` ) nested DEEP times, closed or truncated."""
+    def build(opener: str, closed: bool) -> str:
+        closer = {"[": "]", "{\"a\":": "}"}[opener]
+        body = opener * DEEP + "1" + (closer * DEEP if closed else "")
+        return body if field_name is None else "{" + json.dumps(field_name) + ":" + body + "}"
+    return st.builds(build, st.sampled_from(["[", "{\"a\":"]), st.booleans())
+
+
+def mutated(valid: bytes) -> st.SearchStrategy[bytes]:
+    """Truncations, single-byte flips and inserted junk bytes of a valid document."""
+    n = len(valid)
+    return st.one_of(
+        st.integers(0, n).map(lambda i: valid[:i]),
+        st.tuples(st.integers(0, n - 1), st.integers(1, 255)).map(
+            lambda t: valid[: t[0]] + bytes([valid[t[0]] ^ t[1]]) + valid[t[0] + 1:]),
+        st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=4)).map(
+            lambda t: valid[: t[0]] + t[1] + valid[t[0]:]),
+    )
+
+
+raw_junk: st.SearchStrategy[bytes] = st.one_of(
+    st.binary(max_size=64),
+    st.text(max_size=32).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    junk.map(lambda v: dumps(v).encode()),
+)
+
+
+def nesting_depth(text: str | bytes) -> int:
+    """Crude bracket depth (ignores strings): tells a deep-nesting case from others."""
+    depth = best = 0
+    for ch in text if isinstance(text, str) else text.decode("latin-1"):
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
