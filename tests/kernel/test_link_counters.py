@@ -27,7 +27,8 @@ def test_counters_follow_the_process_namespace_not_sysfs() -> None:
         stats = json.loads(subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", "lo"],
                                           check=True, capture_output=True, text=True).stdout)[0]["stats64"]
         # nsenter keeps the root namespace's /sys: a sysfs reader would see the host's lo.
-        out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", SNIPPET],
+        # (-P: the repo root must not shadow the installed package, whose backends/ is mapped.)
+        out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-P", "-c", SNIPPET],
                              check=True, capture_output=True, text=True).stdout
         samples = json.loads(out)
         tx = next(s for s in samples if s[0] == "TrafficSample" and s[1] == "tx")
