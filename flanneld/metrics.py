@@ -22,9 +22,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from prometheus_client import (
@@ -406,29 +405,3 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every metric."""
         return generate_latest(self.registry)
-
-
-def sysfs_device_source(ifname: str, sysfs: Path = Path("/sys/class/net")) -> ForwardingSource:
-    """A forwarding source reading the kernel counters of a fabric device (flannel.1, flannel0).
-
-    Reads ``/sys/class/net/<ifname>/statistics`` of the network namespace sysfs was mounted
-    for, i.e. the daemon's own namespace (``ip netns exec`` remounts /sys). A missing device
-    (deleted, about to be recreated) yields no samples rather than an error.
-    """
-    stats = sysfs / ifname / "statistics"
-
-    def read(name: str) -> int:
-        return int((stats / name).read_text().strip())
-
-    def source() -> Sequence[TrafficSample | DropSample]:
-        try:
-            return [
-                TrafficSample("tx", read("tx_packets"), read("tx_bytes")),
-                TrafficSample("rx", read("rx_packets"), read("rx_bytes")),
-                DropSample("kernel_tx", read("tx_dropped")),
-                DropSample("kernel_rx", read("rx_dropped")),
-            ]
-        except (FileNotFoundError, ValueError):
-            return []
-
-    return source
