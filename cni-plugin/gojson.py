@@ -42,15 +42,40 @@ class _ScanContext:
         self.strict = True
         self.object_hook = None
         self.object_pairs_hook = None
-        self.parse_float = float
+        self.parse_float: Callable[[str], float] = float
         self.parse_int = parse_int
         self.parse_constant = _reject_constant
         self.memo: dict[str, str] = {}
 
 
+def _float64(text: str) -> float:
+    """A JSON number as Go's float64: one beyond its range is a decode error, not inf."""
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise DecodeError(f"json: number {text[:40]} out of range of float64")
+    return value
+
+
+_INF = float("inf")
+
+
+class _Float64Context(_ScanContext):
+    def __init__(self, parse_int: Callable[[str], Any]) -> None:
+        super().__init__(parse_int)
+        self.parse_float = _float64
+
+
 # Go decodes every JSON number into an interface{} as float64; results keep Python ints.
-_go_scanner = _json.make_scanner(_ScanContext(float))  # type: ignore[arg-type]
-_int_scanner = _json.make_scanner(_ScanContext(int))  # type: ignore[arg-type]
+_go_scanner = _json.make_scanner(_Float64Context(_float64))  # type: ignore[arg-type]
+_int_scanner = _json.make_scanner(_Float64Context(int))  # type: ignore[arg-type]
+
+
+def to_bytes(text: str) -> bytes:
+    """UTF-8 for output; lone surrogates (from undecodable input) become U+FFFD, as in Go."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text).encode()
 
 
 def loads(text: str | bytes, go_numbers: bool = False) -> Any:
@@ -167,14 +192,7 @@ def marshal(value: Any) -> bytes:
     """Bytes identical to Go's `json.Marshal` of the same value (maps sorted by key)."""
     out: list[str] = []
     _encode(value, out)
-    text = "".join(out)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # Lone surrogates (from "\ud800"-style escapes): Go decodes them to U+FFFD.
-        return "".join(
-            "\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text
-        ).encode("utf-8")
+    return to_bytes("".join(out))
 
 
 def dumps(value: Any) -> str:

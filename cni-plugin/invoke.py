@@ -89,7 +89,7 @@ def plugin_env(
         if value is None:
             env.pop(name.encode(), None)
         else:
-            env[name.encode()] = value.encode()
+            env[name.encode()] = value.encode("utf-8", "surrogateescape")
     return env
 
 

@@ -63,7 +63,7 @@ def _valid_name(text: str) -> bool:
 
 def validate_ifname(ifname: str) -> None:
     """libcni's ValidateInterfaceName."""
-    if len(ifname.encode()) > 15:
+    if len(ifname.encode("utf-8", "surrogateescape")) > 15:
         raise CniError(errors.INVALID_ENV, "interface name is too long",
                        "interface name should be less than 16 characters")
     if ifname in (".", ".."):
@@ -175,7 +175,7 @@ def cmd_add(conf: netconf.NetConf) -> bytes:
         raise err from None
     if used == conf.cni_version:
         return out
-    return gojson.dumps(versions.convert_result(result, conf.cni_version)).encode()
+    return gojson.to_bytes(gojson.dumps(versions.convert_result(result, conf.cni_version)))
 
 
 def _undo_add(
@@ -319,7 +319,7 @@ def error_json(err: CniError, version: str) -> bytes:
     doc: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
     if err.details:
         doc["details"] = err.details
-    return gojson.dumps(doc).encode()
+    return gojson.to_bytes(gojson.dumps(doc))
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ Reading is case-insensitive on field names, like Go's decoder.  Everything here 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from ipaddress import (
     AddressValueError,
@@ -75,6 +76,8 @@ def decode_lease_attrs(raw: bytes | str) -> LeaseAttrs:
         obj = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise LeaseDecodeError(f"lease value is not JSON: {exc}") from None
+    except RecursionError:
+        raise LeaseDecodeError("lease value is not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise LeaseDecodeError(f"lease value must be a JSON object, got {type(obj).__name__}")
     fields = {k.lower(): v for k, v in obj.items()}
@@ -150,21 +153,27 @@ def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> s
     return key
 
 
+_V4_KEY = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})", re.ASCII)
+_V6_KEY = re.compile(r"([0-9A-Fa-f:.]+)-(\d{1,3})", re.ASCII)
+
+
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
-    """Inverse of subnet_key; accepts the full etcd key or just its last path component."""
+    """Inverse of subnet_key; accepts the full etcd key or just its last path component.
+
+    As strict as Go flannel's key pattern: ASCII digits, a canonical network address, no
+    IPv6 zone, so that two different keys can never name the same subnet.
+    """
     name = key.rsplit("/", 1)[-1]
-    v4, _, v6 = name.partition("&")
+    v4, amp, v6 = name.partition("&")
+    m4 = _V4_KEY.fullmatch(v4)
+    m6 = _V6_KEY.fullmatch(v6) if amp else None
     try:
-        addr, _, plen = v4.rpartition("-")
-        if not addr or not plen.isdigit():
+        if m4 is None or (amp and m6 is None):
             raise ValueError
-        subnet = IPv4Network(f"{addr}/{int(plen)}", strict=True)
-        ipv6: IPv6Network | None = None
-        if v6:
-            addr6, _, plen6 = v6.rpartition("-")
-            if not addr6 or not plen6.isdigit():
-                raise ValueError
-            ipv6 = IPv6Network(f"{addr6}/{int(plen6)}", strict=True)
+        subnet = IPv4Network(f"{m4.group(1)}/{int(m4.group(2))}", strict=True)
+        if str(subnet.network_address) != m4.group(1):
+            raise ValueError  # leading zeros: another spelling of the same subnet
+        ipv6 = IPv6Network(f"{m6.group(1)}/{int(m6.group(2))}", strict=True) if m6 else None
     except (ValueError, AddressValueError, NetmaskValueError):
         raise LeaseDecodeError(f"malformed subnet key {name!r} (want a.b.c.d-len)") from None
     return subnet, ipv6

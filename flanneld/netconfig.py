@@ -187,6 +187,8 @@ def parse_network_config(raw: bytes | str) -> NetworkConfig:
         obj = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise NetworkConfigError("(document)", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise NetworkConfigError("(document)", "not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise NetworkConfigError("(document)", f"must be a JSON object, got {type(obj).__name__}")
     return network_config_from_dict(obj)

@@ -42,6 +42,8 @@ class Datapath(Protocol):
 
     def write_tun(self, pkt: bytes) -> None: ...
 
+    def tun_slow_path(self, pkt: memoryview) -> None: ...
+
 SOL_UDP = 17  # Python 3.11 lacks these
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -168,44 +170,56 @@ class OffloadPath:
     # -- TUN -> underlay ------------------------------------------------------------------
     def on_tun(self, budget: int = BATCH) -> int:
         dp, fd, bufs, view, raw = self.dp, self.dp.tun.fd, [self.buf], self.view, self.buf
-        drops, routes, mtu, ttl = dp.drops, dp.routes, dp.mtu, core.decrement_ttl
-        sendto = dp.sock.sendto
+        lookup, peers, readv = dp.routes.lookup, dp.peers, os.readv
+        sendto, limit = dp.sock.sendto, dp.mtu + VNET_HDR_LEN
         for i in range(budget):
             try:
-                n = os.readv(fd, bufs)
+                n = readv(fd, bufs)
             except BlockingIOError:
                 return i
-            if n < VNET_HDR_LEN + core.IPV4_MIN_HEADER:
-                drops[DropReason.TRUNCATED] += 1
-                continue
-            pkt = view[VNET_HDR_LEN:n]
             if raw[1] != GSO_NONE:
-                if raw[1] & ~GSO_ECN == GSO_TCPV4:
-                    self._send_super(pkt, raw[4] | raw[5] << 8)
-                else:
-                    drops[DropReason.BAD_OFFLOAD] += 1
+                self.tun_super(view[:n])
                 continue
             if raw[0] & F_NEEDS_CSUM and not finish_checksum(
-                    pkt, raw[6] | raw[7] << 8, raw[8] | raw[9] << 8):
-                drops[DropReason.BAD_OFFLOAD] += 1
+                    view[VNET_HDR_LEN:n], raw[6] | raw[7] << 8, raw[8] | raw[9] << 8):
+                dp.drops[DropReason.BAD_OFFLOAD] += 1
                 continue
-            # same inline fast path as the plain mode; the unusual goes through core.from_tun
-            peer = routes.lookup(int.from_bytes(raw[26:30], "big"))
-            if peer is None or raw[10] >> 4 != 4 or n - VNET_HDR_LEN > mtu or not ttl(pkt):
-                v = core.from_tun(pkt, routes, mtu)
-                drops[v.drop or DropReason.NO_ROUTE] += 1
-                if v.reply is not None:
-                    dp.write_tun(v.reply)
+            # the plain mode's inline path, 10 bytes further on (see Datapath._on_tun)
+            ttl = raw[18]
+            peer = lookup(int.from_bytes(raw[26:30], "big")) \
+                if 30 <= n <= limit and raw[10] == 0x45 and ttl > 1 else None
+            if peer is None:
+                self.tun_slow_path(view[:n])
                 continue
+            hc = (((raw[20] << 8) | raw[21]) ^ 0xFFFF) + 0xFEFF
+            hc = ((hc & 0xFFFF) + (hc >> 16)) ^ 0xFFFF
+            raw[18] = ttl - 1
+            raw[20] = hc >> 8
+            raw[21] = hc & 0xFF
             try:
-                sendto(pkt, peer)
+                sendto(view[VNET_HDR_LEN:n], peer)
             except OSError:
-                drops[DropReason.SEND_FAILED] += 1
+                dp.drops[DropReason.SEND_FAILED] += 1
                 continue
-            c = dp.peers.get(peer[0]) or dp.peer_counters(peer[0])
+            c = peers.get(peer[0]) or dp.peer_counters(peer[0])
             c[0] += 1
             c[1] += n - VNET_HDR_LEN
         return budget
+
+    def tun_super(self, frame: memoryview) -> None:
+        """A TUN read with a GSO type: a TCP super-packet to segment, anything else dropped."""
+        if len(frame) < VNET_HDR_LEN + core.IPV4_MIN_HEADER:
+            self.dp.drops[DropReason.TRUNCATED] += 1
+        elif frame[1] & ~GSO_ECN == GSO_TCPV4:
+            self._send_super(frame[VNET_HDR_LEN:], frame[4] | frame[5] << 8)
+        else:
+            self.dp.drops[DropReason.BAD_OFFLOAD] += 1
+
+    def tun_slow_path(self, frame: memoryview) -> None:
+        if len(frame) < VNET_HDR_LEN:
+            self.dp.drops[DropReason.TRUNCATED] += 1
+        else:
+            self.dp.tun_slow_path(frame[VNET_HDR_LEN:])
 
     def _send_super(self, pkt: memoryview, mss: int) -> None:
         dp = self.dp
@@ -253,51 +267,56 @@ class OffloadPath:
 
     # -- underlay -> TUN ------------------------------------------------------------------
     def on_sock(self, budget: int = BATCH) -> int:
-        dp, recv, bufs, view = self.dp, self.dp.sock.recvmsg_into, self.rbufs, self.rview
-        whole, fd = memoryview(self.rbuf), dp.tun.fd
-        drops, routes, local = dp.drops, dp.routes, dp.local
+        dp, recv, bufs, view, raw = self.dp, self.dp.sock.recvmsg_into, self.rbufs, self.rview, \
+            self.rview
+        whole, fd, write, space = memoryview(self.rbuf), dp.tun.fd, os.write, self.cmsg_space
+        routes, local, peers = dp.routes, dp.local, dp.peers
+        mask, net = local.mask, local.network
         for i in range(budget):
             try:
-                n, anc, _flags, (host, _port) = recv(bufs, self.cmsg_space)
+                n, anc, _flags, (host, _port) = recv(bufs, space)
             except BlockingIOError:
                 return i
-            if host not in routes.leased:
-                drops[DropReason.SOURCE_NO_LEASE] += 1
+            if anc:  # a UDP_GRO train of segments
+                self._receive_train(n, anc, host)
                 continue
-            if not anc:  # one packet: validate and write it behind the zeroed vnet header
-                p = view[:n]
-                bad = core.check_ipv4(p)
-                if bad is None and int.from_bytes(p[16:20], "big") & local.mask != local.network:
-                    bad = DropReason.DESTINATION_NOT_LOCAL
-                if bad is not None:
-                    drops[bad] += 1
-                    continue
-                try:
-                    os.write(fd, whole[: VNET_HDR_LEN + n])
-                except OSError:
-                    drops[DropReason.TUN_WRITE_FAILED] += 1
-                    continue
-                c = dp.peers.get(host) or dp.peer_counters(host)
-                c[2] += 1
-                c[3] += n
+            # one packet: validate inline (see Datapath._on_sock), write behind the zero vnet hdr
+            if not (host in routes.leased and n >= 20 and raw[0] == 0x45
+                    and (raw[2] << 8) | raw[3] == n and not int.from_bytes(raw[:20], "big") % 0xFFFF
+                    and int.from_bytes(raw[16:20], "big") & mask == net) \
+                    and not core.accept_received(view[:n], host, routes, local, dp.drops):
                 continue
-            seg = n
-            for level, kind, data in anc:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    seg = int.from_bytes(data[:4], "little") or n
-            good: list[memoryview] = []
-            for off in range(0, n, seg):
-                p = view[off: min(n, off + seg)]
-                bad = core.check_ipv4(p)
-                if bad is None and int.from_bytes(p[16:20], "big") & local.mask != local.network:
-                    bad = DropReason.DESTINATION_NOT_LOCAL
-                if bad is not None:
-                    drops[bad] += 1
-                else:
-                    good.append(p)
-            if good:
-                self._write(good, host)
+            try:
+                write(fd, whole[: VNET_HDR_LEN + n])
+            except OSError:
+                dp.drops[DropReason.TUN_WRITE_FAILED] += 1
+                continue
+            c = peers.get(host) or dp.peer_counters(host)
+            c[2] += 1
+            c[3] += n
         return budget
+
+    def _receive_train(self, n: int, anc: list[tuple[int, int, bytes]], host: str) -> None:
+        dp, view, local = self.dp, self.rview, self.dp.local
+        if host not in dp.routes.leased:
+            dp.drops[DropReason.SOURCE_NO_LEASE] += 1
+            return
+        seg = n
+        for level, kind, data in anc:
+            if level == SOL_UDP and kind == UDP_GRO:
+                seg = int.from_bytes(data[:4], "little") or n
+        good: list[memoryview] = []
+        for off in range(0, n, seg):
+            p = view[off: min(n, off + seg)]
+            bad = core.check_ipv4(p)
+            if bad is None and int.from_bytes(p[16:20], "big") & local.mask != local.network:
+                bad = DropReason.DESTINATION_NOT_LOCAL
+            if bad is not None:
+                dp.drops[bad] += 1
+            else:
+                good.append(p)
+        if good:
+            self._write(good, host)
 
     def _write(self, pkts: list[memoryview], host: str) -> None:
         """Write `pkts` into the TUN, coalescing runs of one TCP flow into GSO super-packets."""

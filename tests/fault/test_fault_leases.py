@@ -90,12 +90,9 @@ def test_lease_renewed_before_expiry(lab: FaultLab) -> None:
     )
 
 
-def test_own_lease_deleted_is_reacquired(lab: FaultLab) -> None:
-    node = 2
-    key, value = lab.lease_of(node)
-    subnet = lab.subnet(node)
-    others = [n for n in lab.state.nodes if n != node]
-    assert lab.readyz(node) == 200
+def _delete_own_lease(lab: FaultLab, node: int, key: str) -> tuple[float, list[tuple[float, int]], int]:
+    """Delete ``key`` with a back-to-back /readyz poller running on ``node``; returns the
+    re-acquire time, the /readyz transitions after the delete and the number of 503 answers."""
     poller = ReadyzPoller(lab.node_ns(node))
     try:
         deleted_at = time.time()
@@ -104,16 +101,31 @@ def test_own_lease_deleted_is_reacquired(lab: FaultLab) -> None:
         poll(lambda: lab.readyz(node) == 200, 5.0, 0.02, f"n{node} ready again")
     finally:
         transitions, counts = poller.stop()
-    new_key, new_value = lab.lease_of(node)
-    assert new_key == key, f"re-acquired {new_key}, not the free {key}"
-    assert lab.subnet(node) == subnet
-    assert new_value == value
-    codes = [code for t, code in transitions if t >= deleted_at]
-    assert 503 in codes, f"/readyz never said 503 after the delete: {transitions} {counts}"
+    return took, [(t, c) for t, c in transitions if t >= deleted_at], counts.get("503", 0)
+
+
+def test_own_lease_deleted_is_reacquired(lab: FaultLab) -> None:
+    node = 2
+    key, value = lab.lease_of(node)
+    subnet = lab.subnet(node)
+    others = [n for n in lab.state.nodes if n != node]
+    assert lab.readyz(node) == 200
+    # The daemon is not ready for only ~20 ms (one etcd list + grant + create); a poller on a
+    # busy machine can miss so short a window, so the delete is repeated (up to 3 times)
+    # until the poller has seen the 503.  A daemon that never says 503 fails all three.
+    trials: list[tuple[float, list[tuple[float, int]], int]] = []
+    while len(trials) < 3 and not any(n503 for _, _, n503 in trials):
+        trials.append(_delete_own_lease(lab, node, key))
+        new_key, new_value = lab.lease_of(node)
+        assert new_key == key, f"re-acquired {new_key}, not the free {key}"
+        assert new_value == value
+        assert lab.subnet(node) == subnet
+    took, transitions, n503 = trials[-1]
+    assert n503, f"/readyz never said 503 in {len(trials)} deletes: {[t[1] for t in trials]}"
+    codes = [code for _, code in transitions]
     assert codes[-1] == 200, transitions
-    not_ready = [t for t, code in transitions if code == 503]
-    back = [t for t, code in transitions if code == 200 and not_ready and t > not_ready[0]]
-    gap = (back[0] - not_ready[0]) if back else float("nan")
+    first_503 = next(t for t, code in transitions if code == 503)
+    back = next(t for t, code in transitions if code == 200 and t > first_503)
     log = "\n".join(lab.log_tail(node).splitlines()[-20:])
     assert "LEASE LOST" in log and f"re-acquired subnet {subnet}" in log, log
     # Peers still route to it (the subnet never changed), and traffic flows both ways.
@@ -123,8 +135,8 @@ def test_own_lease_deleted_is_reacquired(lab: FaultLab) -> None:
         assert lab.ping(lab.pod(node).name, lab.pod_ip(n))
     figure(
         f"own-lease-deleted[{lab.state.backend}]",
-        reacquired_s=took, readyz_503_s=gap, readyz_polls_503=counts.get("503", 0),
-        same_subnet=1,
+        reacquired_s=took, readyz_503_s=back - first_503, readyz_polls_503=n503,
+        deletes=len(trials), same_subnet=1,
     )
 
 
@@ -208,12 +220,16 @@ def test_real_node_moved_to_new_vtep_mac(lab: FaultLab) -> None:
             lambda: all(_programmed(lab, n, sub, lab.public_ip(node), new_mac) for n in others),
             5.0, 0.005, f"n1, n2 follow n{node}'s new VtepMAC",
         )  # fmt: skip
-        for n in others:
-            assert lab.ping(lab.pod(n).name, lab.pod_ip(node))
-            assert lab.ping(lab.pod(node).name, lab.pod_ip(n))
     finally:
+        # A MAC change flushes the device's neighbours (permanent ones too): n3's own entries
+        # for its peers come back when its daemon starts again.
         lab.start_flanneld(node)
     assert lab.vtep_mac(node) == new_mac, "restarted flanneld did not adopt the device's MAC"
     assert lab.lease_of(node)[1]["BackendData"]["VtepMAC"] == new_mac
+    for n in others:
+        poll(lambda n=n: lab.ping(lab.pod(n).name, lab.pod_ip(node), 0.5), 5.0, 0.05,  # type: ignore[misc]
+             f"n{n}p1 -> n{node}p1")  # fmt: skip
+        poll(lambda n=n: lab.ping(lab.pod(node).name, lab.pod_ip(n), 0.5), 5.0, 0.05,  # type: ignore[misc]
+             f"n{node}p1 -> n{n}p1")  # fmt: skip
     figure("vtep-mac-moved[vxlan]", follow_max_s=took)
     assert took < FOLLOW_DEADLINE, f"took {took:.3f}s"

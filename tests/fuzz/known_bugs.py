@@ -16,6 +16,10 @@ OPEN: dict[str, str] = {
                  "~1000-deep nesting; it escapes NetworkConfigError/LeaseDecodeError, so one "
                  "such value under <prefix>/subnets crashes SubnetManager.list_leases and the "
                  "LeaseWatcher of every node",
+    "subnet-key-lax": "flanneld/lease.py parse_subnet_key: accepts keys Go flannel's "
+                      "pattern refuses - non-ASCII digits in the prefix length "
+                      "('10.244.1.0-\\uff12\\uff14' via str.isdigit + int) and an IPv6 scope id "
+                      "('...&fe80::%eth0-64'); two different keys then name one subnet",
     "cni-surrogate": "cni-plugin/main.py error_json/main: an error message or details holding a "
                      "lone surrogate (CNI_COMMAND/CNI_CONTAINERID with invalid UTF-8, or a "
                      "\\ud800 escape in name/cniVersion/delegate type) makes "

@@ -28,11 +28,14 @@ scalars: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(["", " ", "\u0000", "\ud800", "\u202e", "１２", "null", "true", "1e999"]),
 )
 
-junk: st.SearchStrategy[Any] = st.recursive(
+_keys = st.text(max_size=6)
+# Nested junk, two levels deep at most: st.recursive costs twice as much per example, and the
+# parsers under test look at most one level into a value before rejecting its type.
+junk: st.SearchStrategy[Any] = st.one_of(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=3),
-    max_leaves=6,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(_keys, scalars, max_size=3),
+    st.dictionaries(_keys, st.lists(scalars, max_size=2), max_size=2),
 )
 
 
@@ -100,3 +103,15 @@ def nesting_depth(text: str | bytes) -> int:
         elif ch in "]}":
             depth -= 1
     return best
+
+
+def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """``one_of`` with explicit weights (percent-like): a plain one_of lets hypothesis drift
+    towards whichever branch is cheapest, which starves the interesting ones."""
+    pick = st.sampled_from([i for i, (weight, _) in enumerate(choices) for _ in range(weight)])
+
+    @st.composite
+    def draw_one(draw: st.DrawFn) -> Any:
+        return draw(choices[draw(pick)][1])
+
+    return draw_one()

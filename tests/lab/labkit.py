@@ -229,6 +229,11 @@ class Pinger:
                 out.append((stamp, seq))
         return out
 
+    def last_reply(self) -> float:
+        """Unix time of the latest reply so far (0.0: none yet)."""
+        replies = self.replies()
+        return replies[-1][0] if replies else 0.0
+
     def wait_flowing(self, timeout: float = 10.0) -> None:
         poll(lambda: len(self.replies()) >= 5, timeout, 0.05, f"ping {self.src} -> {self.dst} answered")
 
