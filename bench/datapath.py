@@ -51,8 +51,12 @@ LAB_NAME = "flabb2"
 BACKENDS = ("vxlan", "host-gw", "udp")
 IPERF_PORT = "5201"
 METRICS = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms")
-HEADERS = {"tcp_gbps": "TCP Gbit/s", "pps_64": "64B pps", "rtt_p50_ms": "RTT p50 ms",
-           "rtt_p99_ms": "RTT p99 ms"}
+HEADERS = {
+    "tcp_gbps": "TCP Gbit/s",
+    "pps_64": "64B pps",
+    "rtt_p50_ms": "RTT p50 ms",
+    "rtt_p99_ms": "RTT p99 ms",
+}
 
 
 class DatapathBroken(RuntimeError):
@@ -70,8 +74,14 @@ class Path_:
 
 
 def run(ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -85,9 +95,13 @@ def pct(values: list[float], q: float) -> float:
 @contextlib.contextmanager
 def iperf_server(ns: str) -> Iterator[None]:
     """A one-shot iperf3 server in ``ns``, listening when the block starts, gone after it."""
-    srv = subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-s", "-1", "-p", IPERF_PORT],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "iperf3", "-s", "-1", "-p", IPERF_PORT],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 10
         while f":{IPERF_PORT} " not in run(ns, ["ss", "-Hltn"], 5).stdout:
@@ -107,8 +121,23 @@ def iperf_server(ns: str) -> Iterator[None]:
 
 def iperf(path: Path_, seconds: float, extra: list[str]) -> dict[str, Any]:
     with iperf_server(path.dst_ns):
-        res = run(path.src_ns, ["iperf3", "-c", path.dst_ip, "-p", IPERF_PORT, "-t", f"{seconds:g}",
-                                "--connect-timeout", "3000", "-J", *extra], seconds + 20)
+        res = run(
+            path.src_ns,
+            [
+                "iperf3",
+                "-c",
+                path.dst_ip,
+                "-p",
+                IPERF_PORT,
+                "-t",
+                f"{seconds:g}",
+                "--connect-timeout",
+                "3000",
+                "-J",
+                *extra,
+            ],
+            seconds + 20,
+        )
     try:
         out: dict[str, Any] = json.loads(res.stdout)
     except ValueError:
@@ -134,8 +163,9 @@ def udp_pps(path: Path_, seconds: float) -> tuple[float, float]:
 
 def ping_rtts(path: Path_, count: int) -> tuple[list[float], int]:
     """RTTs in ms of ``count`` pings 10 ms apart, and how many were sent."""
-    res = run(path.src_ns, ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", path.dst_ip],
-              count * 0.01 + 15)
+    res = run(
+        path.src_ns, ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", path.dst_ip], count * 0.01 + 15
+    )
     return [float(x) for x in re.findall(r"time=([\d.]+) ms", res.stdout)], count
 
 
@@ -148,8 +178,14 @@ def measure(path: Path_, seconds: float, pps_seconds: float, pings: int) -> dict
     rtts, sent = ping_rtts(path, pings)
     if gbps <= 0 or pps <= 0 or not rtts:
         raise DatapathBroken(f"{path.name}: TCP {gbps} Gbit/s, {pps} pps, {len(rtts)}/{sent} pings")
-    return {"tcp_gbps": gbps, "pps_64": pps, "rtt_p50_ms": pct(rtts, 0.5),
-            "rtt_p99_ms": pct(rtts, 0.99), "ping_loss": 1 - len(rtts) / sent, "pps_64_sent": pps_sent}
+    return {
+        "tcp_gbps": gbps,
+        "pps_64": pps,
+        "rtt_p50_ms": pct(rtts, 0.5),
+        "rtt_p99_ms": pct(rtts, 0.99),
+        "ping_loss": 1 - len(rtts) / sent,
+        "pps_64_sent": pps_sent,
+    }
 
 
 # ---------------------------------------------------------------- one lab per backend
@@ -167,15 +203,20 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def lab(name: str, backend: str) -> Iterator[LabState]:
     labmod.down(name)  # leftovers of an interrupted run
     try:
-        state = labmod.up(name, labmod.UpOptions(nodes=2, backend=backend, pods_per_node=1,
-                                                 flanneld_args=("--ip-masq",), timeout=60.0))
+        state = labmod.up(
+            name,
+            labmod.UpOptions(
+                nodes=2, backend=backend, pods_per_node=1, flanneld_args=("--ip-masq",), timeout=60.0
+            ),
+        )
         yield state
     finally:
         labmod.down(name)
 
 
-def bench_backend(backend: str, reps: int, seconds: float, pps_seconds: float,
-                  pings: int) -> dict[str, list[dict[str, float]]]:
+def bench_backend(
+    backend: str, reps: int, seconds: float, pps_seconds: float, pings: int
+) -> dict[str, list[dict[str, float]]]:
     """Runs of the raw path and of the overlay path, interleaved, in one lab of ``backend``."""
     runs: dict[str, list[dict[str, float]]] = {"raw": [], "overlay": []}
     with lab(LAB_NAME, backend) as state:
@@ -183,8 +224,9 @@ def bench_backend(backend: str, reps: int, seconds: float, pps_seconds: float,
         dst_pod = state.nodes[2].pods[0]
         paths = {
             "raw": Path_("raw", names.node_ns(1), names.node_ns(2), str(node_address(2).ip)),
-            "overlay": Path_("overlay", state.nodes[1].pods[0].name, dst_pod.name,
-                             dst_pod.address.split("/")[0]),
+            "overlay": Path_(
+                "overlay", state.nodes[1].pods[0].name, dst_pod.name, dst_pod.address.split("/")[0]
+            ),
         }
         for rep in range(reps):
             order = ("raw", "overlay") if rep % 2 == 0 else ("overlay", "raw")
@@ -193,9 +235,12 @@ def bench_backend(backend: str, reps: int, seconds: float, pps_seconds: float,
                 r = measure(paths[which], seconds, pps_seconds, pings)
                 runs[which].append(r)
                 label = "raw underlay" if which == "raw" else backend
-                print(f"  run {rep + 1} {label:13} TCP {r['tcp_gbps']:7.3f} Gbit/s  "
-                      f"{r['pps_64']:7.0f} pps (of {r['pps_64_sent']:6.0f} sent)  RTT p50 {r['rtt_p50_ms']:.3f} p99 {r['rtt_p99_ms']:.3f} ms"
-                      f"  loss {r['ping_loss']:.1%}  ({time.monotonic() - t0:.0f}s)", flush=True)
+                print(
+                    f"  run {rep + 1} {label:13} TCP {r['tcp_gbps']:7.3f} Gbit/s  "
+                    f"{r['pps_64']:7.0f} pps (of {r['pps_64_sent']:6.0f} sent)  RTT p50 {r['rtt_p50_ms']:.3f} p99 {r['rtt_p99_ms']:.3f} ms"
+                    f"  loss {r['ping_loss']:.1%}  ({time.monotonic() - t0:.0f}s)",
+                    flush=True,
+                )
     return runs
 
 
@@ -206,8 +251,10 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
 def print_table(results: dict[str, dict[str, list[dict[str, float]]]], reps: int) -> None:
     all_raw = [r for b in results.values() for r in b["raw"]]
     raw = medians(all_raw)
-    print(f"\nmedians of {reps} run(s) per path; ratios = backend / raw underlay measured in the "
-          "same lab (higher is better for TCP and pps, lower for RTT)")
+    print(
+        f"\nmedians of {reps} run(s) per path; ratios = backend / raw underlay measured in the "
+        "same lab (higher is better for TCP and pps, lower for RTT)"
+    )
     head = "".join(f"{HEADERS[k]:>12}" for k in METRICS)
     ratio_head = "".join(f"{label:>10}" for label in ("TCP x", "pps x", "p50 x", "p99 x"))
     print(f"{'path':22}{head}  {ratio_head}")
@@ -244,16 +291,18 @@ def main() -> int:
         args.reps, args.seconds, args.pps_seconds, args.pings = 1, 1.0, 1.0, 50
     signal.signal(signal.SIGTERM, _on_sigterm)
     backends = args.backends.split(",")
-    print(f"datapath: 2-node lab {LAB_NAME} per backend, {args.reps} run(s) per path, TCP "
-          f"{args.seconds:g} s, 64 B UDP {args.pps_seconds:g} s, {args.pings} pings at 10 ms", flush=True)
+    print(
+        f"datapath: 2-node lab {LAB_NAME} per backend, {args.reps} run(s) per path, TCP "
+        f"{args.seconds:g} s, 64 B UDP {args.pps_seconds:g} s, {args.pings} pings at 10 ms",
+        flush=True,
+    )
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     broken: list[str] = []
     for backend in backends:
         print(f"{backend}:", flush=True)
         t0 = time.monotonic()
         try:
-            results[backend] = bench_backend(backend, args.reps, args.seconds, args.pps_seconds,
-                                             args.pings)
+            results[backend] = bench_backend(backend, args.reps, args.seconds, args.pps_seconds, args.pings)
         except (DatapathBroken, subprocess.TimeoutExpired) as exc:
             print(f"  BROKEN: {exc}", flush=True)
             broken.append(backend)

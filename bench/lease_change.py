@@ -198,7 +198,11 @@ def start_monitors(names: LabNames, nodes: list[int], cond: threading.Condition)
         for node in nodes:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", names.node_ns(node), sys.executable, "-u", __file__, "--monitor"],
-                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
             mons.append(NodeMonitor(node, proc))
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
@@ -332,14 +336,23 @@ def plan_changes(backend: str, subnets: list[IPv4Network], total: int) -> list[C
         m1, m2 = f"0a:58:00:00:{c & 255:02x}:01", f"0a:58:00:00:{c & 255:02x}:02"
         if backend == "vxlan":
             changes += [
-                Change("add", key, lease_json(backend, p1, m1),
-                       (("route+", sub, vtep), ("neigh+", vtep, m1), ("fdb+", m1, str(p1)))),
-                Change("mac", key, lease_json(backend, p1, m2),
-                       (("neigh+", vtep, m2), ("fdb+", m2, str(p1)), ("fdb-", m1, str(p1)))),
+                Change(
+                    "add",
+                    key,
+                    lease_json(backend, p1, m1),
+                    (("route+", sub, vtep), ("neigh+", vtep, m1), ("fdb+", m1, str(p1))),
+                ),
+                Change(
+                    "mac",
+                    key,
+                    lease_json(backend, p1, m2),
+                    (("neigh+", vtep, m2), ("fdb+", m2, str(p1)), ("fdb-", m1, str(p1))),
+                ),
                 # same MAC, new dst: the kernel rewrites the entry in place (one RTM_NEWNEIGH)
                 Change("ip", key, lease_json(backend, p2, m2), (("fdb+", m2, str(p2)),)),
-                Change("del", key, None,
-                       (("route-", sub, None), ("neigh-", vtep, None), ("fdb-", m2, str(p2)))),
+                Change(
+                    "del", key, None, (("route-", sub, None), ("neigh-", vtep, None), ("fdb-", m2, str(p2)))
+                ),
             ]
         else:
             changes += [
@@ -355,8 +368,14 @@ def seen_at(events: list[Event], since: float, expect: tuple[Expect, ...]) -> fl
     """Stamp at which every expected notification had arrived (after ``since``), else None."""
     latest = since
     for op, a, b in expect:
-        hit = next((e.stamp for e in events
-                    if e.stamp >= since and e.op == op and e.a == a and (b is None or e.b == b)), None)
+        hit = next(
+            (
+                e.stamp
+                for e in events
+                if e.stamp >= since and e.op == op and e.a == a and (b is None or e.b == b)
+            ),
+            None,
+        )
         if hit is None:
             return None
         latest = max(latest, hit)
@@ -373,23 +392,27 @@ class RoundResult:
     cpu_per_change: dict[int, float] = field(default_factory=dict)  # ms of flanneld CPU, per node
 
 
-def load_background(writer: EtcdWriter, names: LabNames, backend: str, nodes: list[int],
-                    subnets: list[IPv4Network]) -> float:
+def load_background(
+    writer: EtcdWriter, names: LabNames, backend: str, nodes: list[int], subnets: list[IPv4Network]
+) -> float:
     """Put one lease per subnet (peers that stay during the rounds); seconds until every node
     has their routes (polled: this is set-up, not the measurement)."""
     t0 = time.monotonic()
     for i, s in enumerate(subnets):
         mac = f"0a:59:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
-        writer.put(SUBNETS_PREFIX + f"{s.network_address}-{s.prefixlen}",
-                   lease_json(backend, FAKE_PUBLIC_IP_START + i % 150, mac))
+        writer.put(
+            SUBNETS_PREFIX + f"{s.network_address}-{s.prefixlen}",
+            lease_json(backend, FAKE_PUBLIC_IP_START + i % 150, mac),
+        )
     want = {str(s) for s in subnets}
     pending = list(nodes)
     while pending:
         if time.monotonic() - t0 > 120:
             raise RuntimeError(f"{len(subnets)} background peers not routed on n{pending} after 120s")
         for node in list(pending):
-            out = subprocess.run(["ip", "-n", names.node_ns(node), "-4", "route"],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["ip", "-n", names.node_ns(node), "-4", "route"], capture_output=True, text=True
+            ).stdout
             if want <= {line.split()[0] for line in out.splitlines() if line}:
                 pending.remove(node)
         time.sleep(0.1)
@@ -417,12 +440,16 @@ def flanneld_cpu_seconds(lab_name: str, node: int) -> float:
     ref = labdaemon.running(labmod.load(lab_name), node)
     if ref is None:
         return 0.0
-    fields = Path(f"/proc/{ref.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        fields = Path(f"/proc/{ref.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def run_round(writer: EtcdWriter, mons: list[NodeMonitor], cond: threading.Condition,
-              changes: list[Change]) -> RoundResult:
+def run_round(
+    writer: EtcdWriter, mons: list[NodeMonitor], cond: threading.Condition, changes: list[Change]
+) -> RoundResult:
     res = RoundResult({m.node: [] for m in mons}, [], {}, [], 0)
     for ch in changes:
         with cond:
@@ -446,8 +473,7 @@ def run_round(writer: EtcdWriter, mons: list[NodeMonitor], cond: threading.Condi
         if len(done) < len(mons):
             res.lost += 1
             missing = [m.node for m in mons if m.node not in done]
-            print(f"  LOST: {ch.kind} {ch.key} not seen on n{missing} within {CHANGE_TIMEOUT:g}s",
-                  flush=True)
+            print(f"  LOST: {ch.kind} {ch.key} not seen on n{missing} within {CHANGE_TIMEOUT:g}s", flush=True)
             continue
         for node, t in done.items():
             res.per_node[node].append((t - sent) * 1000)
@@ -470,14 +496,20 @@ def pct(values: list[float], q: float) -> float:
 
 def print_round(backend: str, r: int, res: RoundResult) -> None:
     n = len(res.slowest)
-    print(f"{backend} round {r}: {n} changes seen on every node, {res.lost} lost; "
-          f"etcd put round trip p50 {pct(res.put_rtt, 0.5):.1f} ms; flanneld CPU per change "
-          + ", ".join(f"n{n} {v:.1f} ms" for n, v in sorted(res.cpu_per_change.items())))
+    print(
+        f"{backend} round {r}: {n} changes seen on every node, {res.lost} lost; "
+        f"etcd put round trip p50 {pct(res.put_rtt, 0.5):.1f} ms; flanneld CPU per change "
+        + ", ".join(f"n{n} {v:.1f} ms" for n, v in sorted(res.cpu_per_change.items()))
+    )
     print(f"  {'':22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
     for node, vals in sorted(res.per_node.items()):
-        print(f"  {'node n' + str(node):22}{pct(vals, 0.5):9.1f}{pct(vals, 0.99):9.1f}{max(vals, default=0):9.1f}")
-    print(f"  {'all nodes (slowest)':22}{pct(res.slowest, 0.5):9.1f}{pct(res.slowest, 0.99):9.1f}"
-          f"{max(res.slowest, default=0):9.1f}")
+        print(
+            f"  {'node n' + str(node):22}{pct(vals, 0.5):9.1f}{pct(vals, 0.99):9.1f}{max(vals, default=0):9.1f}"
+        )
+    print(
+        f"  {'all nodes (slowest)':22}{pct(res.slowest, 0.5):9.1f}{pct(res.slowest, 0.99):9.1f}"
+        f"{max(res.slowest, default=0):9.1f}"
+    )
     for kind, vals in res.by_kind.items():
         print(f"  {'  change: ' + kind:22}{pct(vals, 0.5):9.1f}{pct(vals, 0.99):9.1f}{max(vals):9.1f}")
 
@@ -511,36 +543,53 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def lab(name: str, backend: str, nodes: int, flanneld_args: tuple[str, ...]) -> Iterator[LabNames]:
     labmod.down(name)  # leftovers of an interrupted run
     try:
-        labmod.up(name, labmod.UpOptions(nodes=nodes, backend=backend, pods_per_node=0,
-                                         attach="bridge", network=str(NETWORK), timeout=60.0,
-                                         flanneld_args=flanneld_args))
+        labmod.up(
+            name,
+            labmod.UpOptions(
+                nodes=nodes,
+                backend=backend,
+                pods_per_node=0,
+                attach="bridge",
+                network=str(NETWORK),
+                timeout=60.0,
+                flanneld_args=flanneld_args,
+            ),
+        )
         yield LabNames(name)
     finally:
         labmod.down(name)
 
 
-def bench_backend(backend: str, nodes: int, changes: int, rounds: int,
-                  peers: int, flanneld_args: tuple[str, ...]) -> tuple[list[RoundResult], int]:
+def bench_backend(
+    backend: str, nodes: int, changes: int, rounds: int, peers: int, flanneld_args: tuple[str, ...]
+) -> tuple[list[RoundResult], int]:
     with lab(LAB_NAME, backend, nodes, flanneld_args) as names:
         used = {IPv4Network(k.rsplit("/", 1)[-1].replace("-", "/")) for k in labetcd.leases(names)}
         fakes = fake_subnets(used, 50, FAKE_SUBNET_START)
         plan = plan_changes(backend, fakes, changes)
         cond = threading.Condition()
         mons = start_monitors(names, list(range(1, nodes + 1)), cond)
-        writer = EtcdWriter(names)
+        writer: EtcdWriter | None = None
         try:
+            writer = EtcdWriter(names)
             if peers:
-                took = load_background(writer, names, backend, list(range(1, nodes + 1)),
-                                       fake_subnets(used, peers, BACKGROUND_START))
-                print(f"{backend}: {peers} background peer leases put and routed on every node "
-                      f"in {took:.1f}s")
+                took = load_background(
+                    writer,
+                    names,
+                    backend,
+                    list(range(1, nodes + 1)),
+                    fake_subnets(used, peers, BACKGROUND_START),
+                )
+                print(
+                    f"{backend}: {peers} background peer leases put and routed on every node in {took:.1f}s"
+                )
             results = []
             for r in range(1, rounds + 1):
                 cpu0 = {n: flanneld_cpu_seconds(names.name, n) for n in range(1, nodes + 1)}
                 res = run_round(writer, mons, cond, plan)
                 res.cpu_per_change = {
-                    n: (flanneld_cpu_seconds(names.name, n) - cpu0[n]) * 1000 / len(plan)
-                    for n in cpu0}
+                    n: (flanneld_cpu_seconds(names.name, n) - cpu0[n]) * 1000 / len(plan) for n in cpu0
+                }
                 stale = leftovers(names, list(range(1, nodes + 1)), fakes)
                 for line in stale:
                     print(f"  STALE after the round: {line}")
@@ -549,7 +598,8 @@ def bench_backend(backend: str, nodes: int, changes: int, rounds: int,
                 results.append(res)
             overruns = sum(m.overruns for m in mons)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             stop_monitors(mons)
     return results, overruns
 
@@ -560,11 +610,20 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--changes", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--peers", type=int, default=0,
-                    help="background peer leases present during the rounds (each node then "
-                         "plans every change among that many peers)")
-    ap.add_argument("--flanneld-arg", action="append", default=[], metavar="ARG",
-                    help="extra flanneld flag on every node, e.g. --flanneld-arg=--drift-interval=3600")
+    ap.add_argument(
+        "--peers",
+        type=int,
+        default=0,
+        help="background peer leases present during the rounds (each node then "
+        "plans every change among that many peers)",
+    )
+    ap.add_argument(
+        "--flanneld-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra flanneld flag on every node, e.g. --flanneld-arg=--drift-interval=3600",
+    )
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1 round of 40 changes")
     ap.add_argument("--monitor", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -578,34 +637,45 @@ def main() -> int:
         args.changes, args.rounds = 40, 1
     signal.signal(signal.SIGTERM, _on_sigterm)
     backends = args.backends.split(",")
-    print(f"lease change -> kernel on every node: {args.nodes}-node lab {LAB_NAME}, "
-          f"{args.changes} changes x {args.rounds} rounds per backend, {args.peers} background "
-          f"peers, goal p99 <= {GOAL_P99_MS:g} ms"
-          + (f", flanneld {' '.join(args.flanneld_arg)}" if args.flanneld_arg else ""))
+    print(
+        f"lease change -> kernel on every node: {args.nodes}-node lab {LAB_NAME}, "
+        f"{args.changes} changes x {args.rounds} rounds per backend, {args.peers} background "
+        f"peers, goal p99 <= {GOAL_P99_MS:g} ms"
+        + (f", flanneld {' '.join(args.flanneld_arg)}" if args.flanneld_arg else "")
+    )
     summaries: dict[str, dict[str, float]] = {}
     lost = 0
     for backend in backends:
         t0 = time.monotonic()
-        results, overruns = bench_backend(backend, args.nodes, args.changes, args.rounds, args.peers,
-                                          tuple(args.flanneld_arg))
+        results, overruns = bench_backend(
+            backend, args.nodes, args.changes, args.rounds, args.peers, tuple(args.flanneld_arg)
+        )
         lost += sum(r.lost for r in results)
         summaries[backend] = summary(backend, results)
         extra = f", {overruns} netlink overruns" if overruns else ""
         print(f"{backend}: done in {time.monotonic() - t0:.0f}s{extra}\n", flush=True)
-    print(f"medians over {args.rounds} round(s), ms from etcd put sent to kernel object on the node "
-          "(cpu/chg: flanneld CPU ms per change, median node):")
+    print(
+        f"medians over {args.rounds} round(s), ms from etcd put sent to kernel object on the node "
+        "(cpu/chg: flanneld CPU ms per change, median node):"
+    )
     nodes = [f"n{i}" for i in range(1, args.nodes + 1)]
     head = "".join(f"{n + ' p50':>9}{n + ' p99':>9}" for n in nodes)
-    print(f"{'backend':9}{'put rtt':>9}{head}{'all p50':>9}{'all p99':>9}{'cpu/chg':>9}"
-          f"  goal p99 <= {GOAL_P99_MS:g}")
+    print(
+        f"{'backend':9}{'put rtt':>9}{head}{'all p50':>9}{'all p99':>9}{'cpu/chg':>9}"
+        f"  goal p99 <= {GOAL_P99_MS:g}"
+    )
     for backend, s in summaries.items():
         cells = "".join(f"{s[n + '_p50_ms']:9.1f}{s[n + '_p99_ms']:9.1f}" for n in nodes)
         verdict = "n/a" if math.isnan(s["p99_ms"]) else "met" if s["p99_ms"] <= GOAL_P99_MS else "MISSED"
-        print(f"{backend:9}{s['put_rtt_p50_ms']:9.1f}{cells}{s['p50_ms']:9.1f}{s['p99_ms']:9.1f}"
-              f"{s['cpu_ms_per_change']:9.1f}  {verdict}")
+        print(
+            f"{backend:9}{s['put_rtt_p50_ms']:9.1f}{cells}{s['p50_ms']:9.1f}{s['p99_ms']:9.1f}"
+            f"{s['cpu_ms_per_change']:9.1f}  {verdict}"
+        )
     if len(summaries) == 2 and all(b in summaries for b in ("vxlan", "host-gw")):
         v, h = summaries["vxlan"], summaries["host-gw"]
-        print(f"ratio vxlan / host-gw: p50 {v['p50_ms'] / h['p50_ms']:.2f}x, p99 {v['p99_ms'] / h['p99_ms']:.2f}x")
+        print(
+            f"ratio vxlan / host-gw: p50 {v['p50_ms'] / h['p50_ms']:.2f}x, p99 {v['p99_ms'] / h['p99_ms']:.2f}x"
+        )
     if lost:
         print(f"FAIL: {lost} change(s) never reached every node or left stale kernel objects")
         return 1

@@ -160,7 +160,7 @@ class UDPBackend(Backend):
             self._sock = None
         if self._tun is not None:
             with contextlib.suppress(OSError):
-                os.close(self._tun.fd)
+                self._tun.close()
             self._tun = None
         if self._owns_netlink:
             await self._netlink.close()

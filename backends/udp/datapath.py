@@ -21,12 +21,11 @@ import errno
 import ipaddress
 import json
 import os
-import select
 import signal
 import socket
+import struct
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +39,8 @@ BATCH = 64  # packets per readable callback before yielding to the other directi
 SOL_UDP = 17
 SO_SNDBUFFORCE = 32  # not exported by Python 3.11's socket module
 SO_RCVBUFFORCE = 33
-IO_MODES = ("loop", "poll", "threads", "blocking")
+IO_MODES = ("threads", "loop")
+RCV_TIMEOUT = struct.pack("ll", 0, 200_000)  # struct timeval: the socket thread's stop check
 
 
 class Drain(Protocol):
@@ -65,19 +65,24 @@ def open_socket(host: str, port: int, bufsize: int = SOCKET_BUFFER) -> socket.so
 
 
 class Datapath:
-    """One TUN, one UDP socket, one route table. Not thread-safe: call from the loop thread."""
+    """One TUN, one UDP socket, one route table.
+
+    Control methods (`set_route`, `del_route`, `stats`) run on the caller's thread while the
+    datapath threads forward: route updates replace whole dict/tuple entries, so a lookup sees
+    the old or the new table; every counter has a single writer thread (tx: the TUN thread,
+    rx: the socket thread).
+    """
 
     def __init__(self, tun: Tun, sock: socket.socket, subnet: str, mtu: int,
-                 port: int = DEFAULT_PORT, offload: bool | None = None, io: str = "loop",
-                 busy_poll_us: int = 0) -> None:
+                 port: int = DEFAULT_PORT, offload: bool | None = None,
+                 io: str = "threads") -> None:
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, got {io!r}")
         self.tun, self.sock, self.port, self.mtu = tun, sock, port, mtu
-        self.io, self.busy_poll_us = io, busy_poll_us
+        self.io = io
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self._wake_r = self._wake_w = -1
         self.local = core.LocalSubnet.parse(subnet)
         self.routes = core.RouteTable()
         self.drops = core.new_drop_counters()
@@ -114,10 +119,8 @@ class Datapath:
         }
 
     def peer_counters(self, host: str) -> list[int]:
-        c = self.peers.get(host)
-        if c is None:
-            c = self.peers[host] = [0, 0, 0, 0]
-        return c
+        # setdefault: atomic under the GIL, the two datapath threads may meet a new peer at once
+        return self.peers.setdefault(host, [0, 0, 0, 0])
 
     # -- the hot loop ---------------------------------------------------------------------
     def handlers(self) -> tuple[Drain, Drain]:
@@ -127,35 +130,27 @@ class Datapath:
         return self._on_tun, self._on_sock
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Start forwarding: loop readers (``io="loop"``) or datapath thread(s)."""
+        """Start forwarding: one thread per direction (``io="threads"``) or two readers on
+        ``loop`` (``io="loop"``)."""
         on_tun, on_sock = self.handlers()
-        fds = (self.tun.fd, self.sock.fileno())
         if self.io == "loop":
             if loop is None:
                 raise ValueError("io='loop' needs the event loop")
-            loop.add_reader(fds[0], on_tun)
-            loop.add_reader(fds[1], on_sock)
+            loop.add_reader(self.tun.fd, on_tun)
+            loop.add_reader(self.sock.fileno(), on_sock)
             self._loop = loop
             return
+        # Blocking reads: a thread sleeps in read()/recvfrom() with the GIL released and the
+        # kernel wakes exactly that thread; no poll() and no EAGAIN read per wake-up.
         self._stopping = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.io == "blocking":
-            os.set_blocking(self.tun.fd, True)
-            self.sock.setblocking(True)
-            for i, d in enumerate((on_tun, on_sock)):
-                t = threading.Thread(target=self._blocking_loop, args=(d,), daemon=True,
-                                     name=f"udp-datapath-{i}")
-                t.start()
-                self._threads.append(t)
-            return
-        jobs: list[tuple[tuple[int, Drain], ...]]
-        if self.io == "poll":
-            jobs = [((fds[0], on_tun), (fds[1], on_sock))]
-        else:
-            jobs = [((fds[0], on_tun),), ((fds[1], on_sock),)]
-        for i, job in enumerate(jobs):
-            t = threading.Thread(target=self._poll_loop, args=(job,), daemon=True,
-                                 name=f"udp-datapath-{i}")
+        os.set_blocking(self.tun.fd, True)
+        self.sock.setblocking(True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RCV_TIMEOUT)
+        # TUN thread: one packet per call, so the packet `stop()` injects ends it at once;
+        # socket thread: returns at least every RCV_TIMEOUT (EAGAIN) to look at `_stopping`.
+        for name, drain, budget in (("tun", on_tun, 1), ("udp", on_sock, BATCH)):
+            t = threading.Thread(target=self._forward, args=(drain, budget), daemon=True,
+                                 name=f"udp-datapath-{name}")
             t.start()
             self._threads.append(t)
 
@@ -166,42 +161,19 @@ class Datapath:
             self._loop = None
         if self._threads:
             self._stopping = True
-            os.write(self._wake_w, b"x")
-            for t in self._threads:
-                t.join()
+            for _ in range(100):  # wake the TUN reader with a packet (no waker: give up, 5 s)
+                if not self._threads[0].is_alive():
+                    break
+                self.tun.wake()
+                self._threads[0].join(0.05)
+            self._threads[1].join()
             self._threads = []
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            os.set_blocking(self.tun.fd, False)
+            self.sock.setblocking(False)
 
-    def _blocking_loop(self, drain: Drain) -> None:
-        budget = int(os.environ.get("FUDP_BLOCK_BUDGET", "1"))
+    def _forward(self, drain: Drain, budget: int) -> None:
         while not self._stopping:
             drain(budget)
-
-    def _poll_loop(self, job: tuple[tuple[int, Drain], ...]) -> None:
-        """A datapath thread: poll() the fds (GIL released while asleep), drain the readable
-        ones, then spin on non-blocking drains for up to ``busy_poll_us`` of quiet before the
-        next poll(), so a reply arriving right after a forward skips the wake-up."""
-        poller = select.poll()
-        for fd, _ in job:
-            poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        by_fd = dict(job)
-        drains = tuple(d for _, d in job)
-        spin_ns = self.busy_poll_us * 1000
-        clock = time.perf_counter_ns
-        budget = int(os.environ.get("FUDP_BUDGET", "1"))
-        while not self._stopping:
-            for fd, _ev in poller.poll():
-                d = by_fd.get(fd)
-                if d is not None:
-                    d(budget)
-            if spin_ns:
-                deadline = clock() + spin_ns
-                while clock() < deadline:
-                    for d in drains:
-                        if d(BATCH):
-                            deadline = clock() + spin_ns
 
     # The drains inline the common case (IPv4 without options, TTL > 1, a route / a leased
     # sender, valid header checksum, destination ours): every extra call or attribute look-up
@@ -241,6 +213,8 @@ class Datapath:
 
     def tun_slow_path(self, pkt: memoryview) -> None:
         """A packet from the TUN the inline path did not take: forward it or count the drop."""
+        if self._stopping:  # the packet stop() sent to wake the TUN thread
+            return
         v = core.from_tun(pkt, self.routes, self.mtu)
         if v.peer is None:
             self.drops[v.drop or DropReason.NO_ROUTE] += 1
@@ -356,10 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offload", action="store_true", help="IFF_VNET_HDR + TSO + UDP GSO/GRO")
     p.add_argument("--control", help="unix socket path for set_route/del_route/stats")
     p.add_argument("--bufsize", type=int, default=SOCKET_BUFFER)
-    p.add_argument("--io", choices=IO_MODES, default="loop",
-                   help="asyncio readers, one poll() thread, or one thread per direction")
-    p.add_argument("--busy-poll-us", type=int, default=0,
-                   help="threads: spin this long after traffic before sleeping in poll()")
+    p.add_argument("--io", choices=IO_MODES, default="threads",
+                   help="one blocking thread per direction, or two asyncio readers")
     p.add_argument("--ready-file", help="touched once the datapath forwards")
     return p.parse_args(argv)
 
@@ -379,7 +351,7 @@ def build(args: argparse.Namespace) -> Datapath:
     except BaseException:
         tun.close()
         raise
-    dp = Datapath(tun, sock, args.subnet, mtu, port, io=args.io, busy_poll_us=args.busy_poll_us)
+    dp = Datapath(tun, sock, args.subnet, mtu, port, io=args.io)
     for r in args.route:
         subnet, _, underlay = r.partition("=")
         dp.set_route(subnet, underlay)

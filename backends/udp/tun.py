@@ -9,6 +9,7 @@ that is netlink work (`device.py`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -30,6 +31,8 @@ IFF_UP = 0x1
 VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers)
 IFNAMSIZ = 16
 DEFAULT_NAME = "flannel0"
+ETH_P_IP = 0x0800
+WAKE_PACKET = bytes(20)  # version 0: never forwarded (and not counted while stopping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +40,30 @@ class Tun:
     fd: int
     name: str
     vnet_hdr: bool  # every read/write starts with a 10-byte virtio_net_hdr
+    # sends a packet *out of* the device, i.e. into our read queue: wakes a blocked read()
+    waker: socket.socket | None = None
+
+    def wake(self) -> None:
+        if self.waker is not None:
+            with contextlib.suppress(OSError):
+                self.waker.send(WAKE_PACKET)
 
     def close(self) -> None:
+        if self.waker is not None:
+            self.waker.close()
         os.close(self.fd)
+
+
+def open_waker(name: str) -> socket.socket:
+    """An AF_PACKET socket on TUN `name` (created in the TUN's namespace: root)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    try:
+        s.bind((name, ETH_P_IP))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
 
 
 def tun_mtu(external_mtu: int) -> int:
@@ -69,10 +93,11 @@ def open_tun(name: str = DEFAULT_NAME, *, offload: bool = False, mtu: int | None
             set_mtu(actual, mtu)
         if up:
             set_up(actual)
+        waker = open_waker(actual)
     except BaseException:
         os.close(fd)
         raise
-    return Tun(fd=fd, name=actual, vnet_hdr=offload)
+    return Tun(fd=fd, name=actual, vnet_hdr=offload, waker=waker)
 
 
 def set_mtu(name: str, mtu: int) -> None:

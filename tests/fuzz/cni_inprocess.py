@@ -54,13 +54,13 @@ def run_plugin(env: Mapping[bytes, bytes], stdin: bytes) -> Outcome:
     try:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        posix.environ = dict(env)  # type: ignore[misc]
+        posix.environ = dict(env)
         try:
             rc = cni_main.main()
         except Exception:  # what the executable would die of: recorded, judged by the caller
             crash = traceback.format_exc()
     finally:
-        posix.environ = saved_environ  # type: ignore[misc]
+        posix.environ = saved_environ
         for target, fd in enumerate(saved):
             os.dup2(fd, target)
             os.close(fd)

@@ -9,7 +9,8 @@ documents - so each target only adds what is specific to its format.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+import random
+from functools import cache
 from typing import Any
 
 from hypothesis import strategies as st
@@ -25,7 +26,7 @@ scalars: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from([0, -1, 1, HUGE, -HUGE, 2**31, 2**32, 2**64]),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
-    st.sampled_from(["", " ", "\u0000", "\ud800", "\u202e", "１２", "null", "true", "1e999"]),
+    st.sampled_from(["", " ", "\u0000", "\ud800", "\u202e", "\uff11\uff12", "null", "true", "1e999"]),
 )
 
 _keys = st.text(max_size=6)
@@ -39,7 +40,7 @@ junk: st.SearchStrategy[Any] = st.one_of(
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def ints(low: int, high: int) -> st.SearchStrategy[int]:
     """A cached ``st.integers``: building strategies inside a composite draw is what makes
     hypothesis slow (each new one is validated again), so composites only draw cached ones."""
@@ -51,7 +52,7 @@ def chance(draw: st.DrawFn, one_in: int) -> bool:
     return draw(ints(0, one_in - 1)) == one_in - 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def case_variant(name: str) -> st.SearchStrategy[str]:
     """The field name as written, in lower/upper/swapped case, or with alternate letters
     flipped (Go's decoder, and so flannel's, matches field names case-insensitively)."""
@@ -93,25 +94,36 @@ raw_junk: st.SearchStrategy[bytes] = st.one_of(
 )
 
 
-def nesting_depth(text: str | bytes) -> int:
-    """Crude bracket depth (ignores strings): tells a deep-nesting case from others."""
-    depth = best = 0
-    for ch in text if isinstance(text, str) else text.decode("latin-1"):
-        if ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    return best
-
-
 def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
-    """``one_of`` with explicit weights (percent-like): a plain one_of lets hypothesis drift
-    towards whichever branch is cheapest, which starves the interesting ones."""
-    pick = st.sampled_from([i for i, (weight, _) in enumerate(choices) for _ in range(weight)])
+    """``one_of`` with explicit weights (percent-like). A plain one_of lets hypothesis drift
+    towards whichever branch is cheapest; and a branch index drawn from a small set gets
+    "exhausted" by hypothesis' novelty search, after which it stops picking the common
+    branches. So the branch is sampled from a wide table (100 entries per unit of weight)."""
+    pick = st.sampled_from([i for i, (weight, _) in enumerate(choices)
+                            for _ in range(weight * 100)])
 
     @st.composite
     def draw_one(draw: st.DrawFn) -> Any:
         return draw(choices[draw(pick)][1])
 
     return draw_one()
+
+
+def presence(percent: dict[str, int], patterns: int = 64) -> st.SearchStrategy[tuple[str, ...]]:
+    """Which optional fields a document has, as one draw: ``patterns`` field sets picked once
+    (fixed seed) with the given per-field percentages. One draw instead of one per field
+    halves hypothesis' cost per case, which is what bounds a 10,000-case run."""
+    rng = random.Random(len(percent) * 7919 + patterns)
+    return st.sampled_from([tuple(n for n, pct in percent.items() if rng.randrange(100) < pct)
+                            for _ in range(patterns)])
+
+
+CASE_STYLE = st.sampled_from(["as-is", "as-is", "as-is", "lower", "upper", "swap", "alternate"])
+
+
+def styled(name: str, style: str) -> str:
+    """``name`` in one letter-case style (drawn once per document from CASE_STYLE)."""
+    if style == "alternate":
+        return "".join(c.swapcase() if i % 2 else c for i, c in enumerate(name))
+    return {"lower": name.lower(), "upper": name.upper(), "swap": name.swapcase()}.get(style,
+                                                                                        name)

@@ -21,17 +21,19 @@ from flanneld.backends import backend_class, known_types
 from flanneld.errors import NetworkConfigError, UnknownBackendError
 from flanneld.netconfig import BackendConfig, NetworkConfig, parse_network_config
 
-from . import known_bugs
 from .strategies import (
+    CASE_STYLE,
     case_variant,
     chance,
-    ints,
     deep_document,
     dumps,
+    ints,
     junk,
     mutated,
-    nesting_depth,
+    presence,
     raw_junk,
+    styled,
+    weighted,
 )
 from .tally import MIN_CASES, Tally
 
@@ -57,10 +59,10 @@ _BAD_NETWORKS = st.sampled_from(["10.244.0.0/33", "10.244.0.0/-1", "10.244.0.0",
 _FLAG_VALUES = st.one_of(st.booleans(), junk)
 _V6_VALUES = st.one_of(st.sampled_from(["fc00::/48", "fc00::/127", "fc00::/0", 64, 130]), junk)
 _EXTRA_FIELDS = st.dictionaries(st.text(max_size=8), junk, max_size=2)
-_TYPES = st.one_of(
-    st.sampled_from(["vxlan", "host-gw", "udp", "VXLAN", "Host-GW", "ipip", "wireguard", "",
-                     "vxlan "]),
-    junk,
+_TYPES = weighted(
+    (85, st.sampled_from(["vxlan", "host-gw", "udp", "VXLAN", "Host-GW", "ipip", "wireguard", "",
+                          "vxlan "])),
+    (15, junk),
 )
 _OPTION_NAMES = st.lists(st.sampled_from(BACKEND_OPTIONS), max_size=4, unique=True)
 _OPTION_VALUES = st.one_of(
@@ -92,6 +94,12 @@ def _backends(draw: st.DrawFn) -> Any:
 _BACKENDS = _backends()
 
 
+_FIELDS_PRESENT = presence({"Network": 90, "SubnetLen": 50, "SubnetMin": 50, "SubnetMax": 50,
+                            "EnableIPv4": 12, "EnableIPv6": 12, "EnableNFTables": 12,
+                            "IPv6Network": 16, "IPv6SubnetLen": 16, "Backend": 84,
+                            "(extra)": 16})
+
+
 @st.composite
 def structured(draw: st.DrawFn) -> dict[str, Any]:
     """Right field names (any case) with values that are right, slightly wrong or junk."""
@@ -101,9 +109,12 @@ def structured(draw: st.DrawFn) -> dict[str, Any]:
     slen = draw(ints(max(0, plen - 2), 33))
     size = 1 << (32 - min(slen, 32))
     doc: dict[str, Any] = {}
+    style = draw(CASE_STYLE)
+    fields = draw(_FIELDS_PRESENT)
 
     def put(name: str, value: Any) -> None:
-        doc[draw(case_variant(name))] = value
+        if name in fields:
+            doc[styled(name, style)] = value
 
     def address() -> Any:
         if chance(draw, 4):
@@ -120,29 +131,27 @@ def structured(draw: st.DrawFn) -> dict[str, Any]:
         str(net), f"{_ipv4_text(base)}/{plen}",  # host bits set: flannel accepts them
         f"{net.network_address}/{net.netmask}", str(net),
     ][kind] if kind < 4 else draw(_BAD_NETWORKS if kind == 4 else junk)
-    if not chance(draw, 10):
-        put("Network", network_value)
-    if draw(st.booleans()):
+    put("Network", network_value)
+    if "SubnetLen" in fields:
         put("SubnetLen", slen if draw(st.booleans()) else draw(
             ints(-3, 40) if draw(st.booleans()) else junk))
-    if draw(st.booleans()):
-        put("SubnetMin", address())
-    if draw(st.booleans()):
-        put("SubnetMax", address())
+    for name in ("SubnetMin", "SubnetMax"):
+        if name in fields:
+            put(name, address())
     for flag in ("EnableIPv4", "EnableIPv6", "EnableNFTables"):
-        if chance(draw, 8):
+        if flag in fields:
             put(flag, draw(_FLAG_VALUES))
     for v6 in ("IPv6Network", "IPv6SubnetLen"):
-        if chance(draw, 6):
+        if v6 in fields:
             put(v6, draw(_V6_VALUES))
-    if not chance(draw, 6):
+    if "Backend" in fields:
         put("Backend", draw(_BACKENDS))
-    if chance(draw, 6):
+    if "(extra)" in fields:
         doc.update(draw(_EXTRA_FIELDS))
     return doc
 
 
-_RAW = (structured().map(lambda d: dumps(d).encode()),
+_RAW: tuple[st.SearchStrategy[Any], ...] = (structured().map(lambda d: dumps(d).encode()),
         structured().map(dumps),  # parse_network_config takes str too
         raw_junk, mutated(VALID), deep_document(None), deep_document("Network"))
 # Which kind of document, in percent (a plain one_of lets hypothesis drift to the cheap ones).
@@ -245,10 +254,6 @@ def test_fuzz_network_config_and_backend_options() -> None:
             check_rejected(exc, doc)
             parse.reject(exc.field)
             return
-        except RecursionError:
-            assert nesting_depth(raw) > 500
-            parse.reject(known_bugs.reason("deep-json"))
-            return
         check_accepted(cfg)
         parse.accept()
         check_backend(cfg, chained)
@@ -258,7 +263,7 @@ def test_fuzz_network_config_and_backend_options() -> None:
         tally.report()
     assert parse.cases >= MIN_CASES and direct.cases >= MIN_CASES
     # the generators reach acceptance and every kind of rejection worth having
-    assert parse.accepted > 500 and chained.accepted > 100 and direct.accepted > 1000
+    assert parse.accepted > 300 and chained.accepted > 100 and direct.accepted > 1000
     for reason in ("(document)", "Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
                    "Backend.Type", "EnableIPv4", "EnableIPv6"):
         assert parse.reasons[reason] > 0, reason
@@ -267,8 +272,6 @@ def test_fuzz_network_config_and_backend_options() -> None:
         assert direct.reasons[reason] > 0, reason
 
 
-@pytest.mark.xfail(strict=True, reason="open bug deep-json: RecursionError escapes "
-                                       "parse_network_config (see known_bugs.OPEN)")
 def test_deeply_nested_config_is_a_document_error() -> None:
     raw = '{"Network": ' + "[" * 100_000 + "}"
     with pytest.raises(NetworkConfigError) as info:

@@ -51,7 +51,7 @@ def node(subnet: str, offload: bool) -> Node:
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    tun = Tun(fd=tun_end.detach(), name="fake0", vnet_hdr=offload)
+    tun = Tun(fd=tun_end.detach(), name="fake0", vnet_hdr=offload, waker=pod)
     sock = open_socket("127.0.0.1", 0)
     return Node(Datapath(tun, sock, subnet, MTU, offload=offload), pod)
 
