@@ -19,6 +19,7 @@ from typing import ClassVar
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
 from flanneld.backends.routing import (
     AppliedState,
+    PeerMemo,
     count_repaired,
     diff,
     peer_leases,
@@ -65,6 +66,7 @@ class HostGWBackend(Backend):
         self._own: Lease | None = None
         self._applied = AppliedState()
         self._specs: dict[int, Route] = {}
+        self._routes: PeerMemo[tuple[int, Route]] = PeerMemo()
         self._lock = asyncio.Lock()
 
     def mtu(self) -> int:
@@ -89,14 +91,19 @@ class HostGWBackend(Backend):
         if self._own is None:
             raise RuntimeError("reconcile before activate")
         own = self._own
-        wanted = peer_leases(peers, own, self.handles)
         ext_index = self.ctx.ext.index
         network = self.ctx.netconf.network
         async with self._lock:
-            desired = [Route(p.subnet, ext_index, p.attrs.public_ip) for p in wanted]
-            specs: dict[int, Route] = {peer_sort_key(r.dst): r for r in desired}
+            # (sort key, route) per wanted peer; unchanged leases keep their very objects, so
+            # plan_changed skips them by identity.
+            keyed = self._routes.derive(
+                peers, own, self.handles,
+                lambda p: (peer_sort_key(p.subnet), Route(p.subnet, ext_index, p.attrs.public_ip)),
+            )
+            specs: dict[int, Route] = dict(keyed)
             repaired = 0
             if full:
+                wanted = peer_leases(peers, own, self.handles)
                 observed = [r for r in await self._netlink.routes() if r.ifindex == ext_index]
                 ops = plan_routes(own, wanted, observed, ext_index=ext_index, network=network)
                 repaired = count_repaired(ops, self._applied.objects)

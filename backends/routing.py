@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from flanneld.backends.base import ReconcileResult
 from flanneld.lease import Lease
@@ -30,6 +30,8 @@ from flanneld.netops import (
     Replace,
     Route,
 )
+
+T = TypeVar("T")
 
 _REPLACE_ORDER = {"addr": 0, "fdb": 1, "neigh": 2, "route": 3}
 _DELETE_ORDER = {"route": 0, "neigh": 1, "fdb": 2, "addr": 3}
@@ -127,6 +129,47 @@ def peer_leases(
         for subnet, lease in peers.items()
         if handles(lease) and subnet != own.subnet and lease.attrs.public_ip != own.attrs.public_ip
     ]
+
+
+class PeerMemo(Generic[T]):
+    """Per-peer values derived once per lease object.
+
+    The daemon hands the backend the same Lease objects pass after pass (a changed lease is a
+    new object), so an identity check finds what changed with one dict lookup per peer, instead
+    of redoing ``ipaddress`` comparisons and object construction for every peer on every
+    incremental pass (with 3000 peers that cost ~10 ms per lease change).
+    """
+
+    def __init__(self) -> None:
+        self._own: Lease | None = None
+        self._memo: dict[int, tuple[Lease, T | None]] = {}
+
+    def derive(
+        self,
+        peers: Mapping[IPv4Network, Lease],
+        own: Lease,
+        handles: Callable[[Lease], bool],
+        make: Callable[[Lease], T | None],
+    ) -> list[T]:
+        """``make(lease)`` for every lease ``peer_leases`` would keep (None results dropped)."""
+        if own is not self._own:
+            self._own, self._memo = own, {}
+        memo = self._memo
+        fresh: dict[int, tuple[Lease, T | None]] = {}
+        own_subnet, own_ip = own.subnet, own.attrs.public_ip
+        out: list[T] = []
+        for lease in peers.values():
+            hit = memo.get(id(lease))
+            if hit is not None and hit[0] is lease:
+                value = hit[1]
+            else:
+                keep = handles(lease) and lease.subnet != own_subnet and lease.attrs.public_ip != own_ip
+                value = make(lease) if keep else None
+            fresh[id(lease)] = (lease, value)  # the lease is held here, so its id stays unique
+            if value is not None:
+                out.append(value)
+        self._memo = fresh
+        return out
 
 
 @dataclass

@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
 from flanneld.backends.routing import (
     AppliedState,
+    PeerMemo,
     count_repaired,
     diff,
-    peer_leases,
     peer_sort_key,
     plan_changed,
     route_owned_in,
@@ -279,7 +279,7 @@ class VXLANBackend(Backend):
         self._applied = AppliedState()
         self._on_link: dict[IPv4Address, bool] = {}
         self._specs: dict[int, PeerSpec] = {}
-        self._parsed: dict[int, tuple[Lease, VxlanPeer | None]] = {}
+        self._parsed: PeerMemo[VxlanPeer] = PeerMemo()
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -338,17 +338,8 @@ class VXLANBackend(Backend):
             self._on_link = {ip: v for ip, v in self._on_link.items() if ip in wanted}
 
     def _peers(self, peers: Mapping[IPv4Network, Lease], own: Lease) -> list[VxlanPeer]:
-        """Peer VTEPs from leases; parsed BackendData is cached per lease object."""
-        cache: dict[int, tuple[Lease, VxlanPeer | None]] = {}
-        out: list[VxlanPeer] = []
-        for lease in peer_leases(peers, own, self.handles):
-            hit = self._parsed.get(id(lease))
-            parsed = hit[1] if hit is not None and hit[0] is lease else vxlan_peer(lease)
-            cache[id(lease)] = (lease, parsed)  # the lease is kept, so its id stays unique
-            if parsed is not None:
-                out.append(parsed)
-        self._parsed = cache
-        return out
+        """Peer VTEPs from leases; parsed once per lease object (see PeerMemo)."""
+        return self._parsed.derive(peers, own, self.handles, vxlan_peer)
 
     async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
         if self._own is None:

@@ -31,13 +31,7 @@ import udp_topology as topo  # noqa: E402
 MODES = ("ours", "ours-plain", "cfwd", "vxlan")
 # extra datapath arguments of experimental modes: "ours-<name>" / "ours-plain-<name>"
 VARIANTS: dict[str, list[str]] = {
-    "loop": ["--io", "loop"],
-    "poll": ["--io", "poll"],
-    "threads": ["--io", "threads"],
-    "blocking": ["--io", "blocking"],
-    "poll-bp50": ["--io", "poll", "--busy-poll-us", "50"],
-    "poll-bp200": ["--io", "poll", "--busy-poll-us", "200"],
-    "threads-bp50": ["--io", "threads", "--busy-poll-us", "50"],
+    "loop": ["--io", "loop"],  # the asyncio readers instead of the datapath threads
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -264,6 +264,8 @@ _MESSAGES: list[tuple[int, re.Pattern[str], str]] = [
     (4, re.compile(r"invalid characters in containerID"), "CNI_CONTAINERID"),
     (4, re.compile(r"interface name (is too long|is \. or \.\.|contains / or : or whitespace "
                    r"characters)"), "CNI_IFNAME"),
+    (6, re.compile(r"error unmarshall network config: json: cannot unmarshal into Go struct "
+                   r"field \.name of type string"), "name"),
     (6, re.compile(r"error unmarshall network config: .*", re.S), "(stdin)"),
     (6, re.compile(r"decoding version from network config: .* field \.cniVersion of type "
                    r"string"), "cniVersion"),
