@@ -363,6 +363,8 @@ class Daemon:
                                 self.lease.subnet, attempts, now - failing_since, exc)
                 if left <= 0 and not expiry_logged:
                     expiry_logged = True
+                    # Not ready: another node could be handed this subnet.  The datapath stays.
+                    self.readiness.set_lease_held(False)
                     log.error("lease %s ran out by our clock while etcd is unreachable; the "
                               "datapath stays up and the lease is renewed once etcd answers",
                               self.lease.subnet)
@@ -372,6 +374,8 @@ class Daemon:
                 log.warning("lease renewed after %d failed attempts in %.1fs", attempts,
                             time.monotonic() - failing_since)
                 self.watcher.wake()  # etcd answers again: do not wait out the watch's backoff
+            if expiry_logged:
+                self.readiness.set_lease_held(True)
             retry_at, failing_since, attempts, expiry_logged = None, None, 0, False
             backoff.reset()
             self.metrics.lease_event("renew", True)

@@ -19,11 +19,12 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar, TypeVar
 
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
-from flanneld.backends.udp import core
+from flanneld.backends.udp import core, telemetry
 from flanneld.backends.udp.datapath import DEFAULT_PORT, Datapath, open_socket
 from flanneld.backends.udp.tun import DEFAULT_NAME, Tun, open_tun
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs
+from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
 from flanneld.netlink import Netlink
 from flanneld.netops import Address, Replace, Route
 
@@ -144,6 +145,16 @@ class UDPBackend(Backend):
             failed = await self._configure_device(
                 IPv4Network((dp.local.network, bin(dp.local.mask).count("1"))))
         return ReconcileResult(applied=applied, repaired=applied if full else 0, failed=failed)
+
+    def forwarding_source(self) -> ForwardingSource:
+        """Per-peer (remote subnet) packets/bytes by direction and drops by reason, read from
+        the datapath's counters at scrape time (nothing is added to the hot path)."""
+
+        def source() -> list[TrafficSample | DropSample]:
+            dp = self.datapath
+            return telemetry.samples(dp) if dp is not None else []
+
+        return source
 
     def stats(self) -> dict[str, Any]:
         """Plain-data counters (per peer and direction, drops by reason) for metrics."""

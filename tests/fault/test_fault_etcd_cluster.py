@@ -46,7 +46,15 @@ async def until(predicate: Callable[[], bool], timeout: float) -> float:
 
 def peers_seen() -> set[str]:
     calls = [args for name, args in recording_backend.CALLS if name == "reconcile"]
-    return set(calls[-1][1]) if calls else set()  # type: ignore[index]
+    return set(calls[-1][1]) if calls else set()
+
+
+def has_peer(subnet: str) -> Callable[[], bool]:
+    return lambda: subnet in peers_seen()
+
+
+def renewed_past(daemon: Daemon, lease_id: int) -> Callable[[], bool]:
+    return lambda: daemon.lease is not None and daemon.lease.etcd_lease_id != lease_id
 
 
 @pytest.fixture
@@ -91,13 +99,12 @@ async def test_leader_loss_failover_and_quorum_loss(
             killed.append(victim)
             t0 = time.monotonic()
             await put_peer(admin, peer)
-            await until(lambda p=peer: f"10.9.{p}.0/24" in peers_seen(), 10)
+            await until(has_peer(f"10.9.{peer}.0/24"), 10)
             took = time.monotonic() - t0
             figures.append(f"leader kill {round_no}: event seen after {took:.2f}s")
             assert took <= 5.0, figures
             lease_id = daemon.lease.etcd_lease_id if daemon.lease else 0
-            renew_wait = await until(lambda lid=lease_id: daemon.lease is not None
-                                     and daemon.lease.etcd_lease_id != lid, 10)
+            renew_wait = await until(renewed_past(daemon, lease_id), 10)
             figures.append(f"  next renewal ok {renew_wait:.2f}s later")
             victim.start_existing(victim.initial_cluster)  # recovery before the next round
             victim.wait_healthy(30)
@@ -112,7 +119,7 @@ async def test_leader_loss_failover_and_quorum_loss(
         await until(lambda: any("QUORUM LOST" in r.getMessage() for r in caplog.records), 40)
         figures.append(f"quorum loss reported after {time.monotonic() - t0:.2f}s")
         assert peers_seen() == before  # nothing removed from the datapath
-        assert not any(name == "reconcile" and set(args[1]) != before  # type: ignore[index]
+        assert not any(name == "reconcile" and set(args[1]) != before
                        for name, args in recording_backend.CALLS[mark:])
         assert not task.done()
 

@@ -95,6 +95,8 @@ def test_etcd_outage_zero_loss_bounded_backoff_fast_recovery() -> None:
                 readyz_during=ready_during[(b, 1)], renewed_after_s=slowest,
             )  # fmt: skip
         for bn in nodes:
+            # The 60 s lease ran out by the daemon's clock during the 120 s outage: not ready.
+            assert ready_during[bn] == 503, f"{bn}: /readyz {ready_during[bn]} with an expired lease"
             assert len(lines[bn]) < LOG_LINES_MAX, f"{bn}: {len(lines[bn])} log lines:\n" + "\n".join(lines[bn])
             assert cpu[bn] < CPU_MAX, f"{bn}: {cpu[bn]:.2f}s CPU during {OUTAGE:.0f}s outage"
             assert bn in recovered, f"{bn}: not ready with a renewed lease 30s after etcd came back"
