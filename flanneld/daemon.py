@@ -30,6 +30,7 @@ from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableErr
 from flanneld.health import HealthServer, Readiness
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.lease_watch import LeaseEvent, LeaseEventKind, LeaseWatcher
+from flanneld.logging_setup import log_event
 from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
 from flanneld.metrics import Metrics
 from flanneld.netconfig import NetworkConfig
@@ -148,8 +149,8 @@ class Daemon:
             await asyncio.to_thread(self.masq.apply)
         else:
             await asyncio.to_thread(self.masq.update, cfg)
-        log.info("masquerade rules programmed ip_masq=%s forward_rules=%s",
-                 cfg.ip_masq, cfg.forward_rules)
+        log_event(log, "masquerade rules programmed", ip_masq=cfg.ip_masq,
+                  forward_rules=cfg.forward_rules)
 
     async def _keep_masq(self) -> None:
         """Repair the rules when someone else removed or changed them."""
@@ -207,8 +208,8 @@ class Daemon:
         btype = self.netconf.backend.type
         self.metrics.set_backend(btype)
         ext = await self._retry("choosing the external interface", lambda: self.resolve_interface(cfg))
-        log.info("using interface %s (address %s, public ip %s, mtu %d) backend=%s",
-                 ext.name, ext.address, ext.public_ip, ext.mtu, btype)
+        log_event(log, "using interface", iface=ext.name, address=ext.address,
+                  public_ip=ext.public_ip, mtu=ext.mtu, backend=btype)
         from flanneld.netlink import Netlink
 
         self.netlink = Netlink(on_outcomes=self._count_netlink)
@@ -225,8 +226,8 @@ class Daemon:
         self._set_peers(leases)
         with self.metrics.reconcile("full"):
             result = await self.backend.reconcile(dict(self.peers), full=True)
-        log.info("datapath programmed: peers=%d ops=%d failed=%d",
-                 len(self.peers), result.applied, result.failed)
+        log_event(log, "datapath programmed", peers=len(self.peers), ops=result.applied,
+                  failed=result.failed)
         self.readiness.set_backend_programmed(True)
         self.notifier.status(f"serving subnet {self.lease.subnet} with {len(self.peers)} peers")
         self.watcher = LeaseWatcher(self.manager, leases, revision, on_reset=self.metrics.watch_reset)
@@ -280,12 +281,12 @@ class Daemon:
                 continue
             if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
                 if self.peers.pop(lease.subnet, None) is not None:
-                    log.info("peer removed subnet=%s public_ip=%s", lease.subnet, lease.attrs.public_ip)
+                    log_event(log, "peer removed", subnet=lease.subnet, public_ip=lease.attrs.public_ip)
             else:
                 known = self.peers.get(lease.subnet)
                 if known is None or known.attrs != lease.attrs:  # not for a mere renewal
-                    log.info("peer %s subnet=%s public_ip=%s",
-                             "changed" if known else "added", lease.subnet, lease.attrs.public_ip)
+                    log_event(log, "peer changed" if known else "peer added", subnet=lease.subnet,
+                              public_ip=lease.attrs.public_ip)
                 self.peers[lease.subnet] = lease
         self.metrics.set_peers(len(self.peers))
         self._dirty.set()
@@ -310,7 +311,8 @@ class Daemon:
                 continue
             if result.repaired:
                 self.metrics.drift_repaired(result.repaired)
-                log.warning("drift repaired: %d kernel objects were missing or wrong", result.repaired)
+                log_event(log, "drift repaired: kernel objects were missing or wrong",
+                          level=logging.WARNING, repaired=result.repaired)
             if full:
                 next_full = time.monotonic() + interval
 
@@ -380,8 +382,8 @@ class Daemon:
             backoff.reset()
             self.metrics.lease_event("renew", True)
             self.metrics.set_lease_expiry(self.lease.expiration)
-            log.info("lease renewed subnet=%s expires_in=%.0fs", self.lease.subnet,
-                     (self.lease.expiration or 0) - time.time())
+            log_event(log, "lease renewed", subnet=self.lease.subnet,
+                      expires_in_s=round((self.lease.expiration or 0) - time.time()))
 
     async def _reacquire(self) -> None:
         assert self.lease is not None and self.backend is not None
@@ -402,7 +404,7 @@ class Daemon:
             self._write_files()
             self._dirty.set()
         else:
-            log.info("re-acquired subnet %s", self.lease.subnet)
+            log_event(log, "lease re-acquired", subnet=self.lease.subnet)
         # A delete event for the old key may still be in flight; it must not undo this.
         self._lease_lost.clear()
         self.readiness.set_lease_held(True)
@@ -431,7 +433,8 @@ class Daemon:
             self._spawn(self._resync_loop(), "resync")
             if self.masq is not None:
                 self._spawn(self._keep_masq(), "masq")
-            log.info("flanneld %s running: subnet=%s", __version__, self.lease.subnet if self.lease else "")
+            log_event(log, "flanneld running", version=__version__,
+                      subnet=self.lease.subnet if self.lease else "")
             await self.stopping.wait()
             return self.exit_code
         finally:

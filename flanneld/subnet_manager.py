@@ -28,6 +28,7 @@ from flanneld.lease import (
     subnet_key,
     subnets_prefix,
 )
+from flanneld.logging_setup import log_event
 from flanneld.netconfig import NetworkConfig, parse_network_config
 from flanneld.store import KeyValue, LeaseStore
 
@@ -156,7 +157,7 @@ class SubnetManager:
                     if previous == subnet:
                         previous = None
                     continue
-            log.info("acquired lease subnet=%s races_lost=%d", subnet, races)
+            log_event(log, "lease acquired", subnet=subnet, races_lost=races, ttl_s=self.ttl)
             return Lease(subnet, attrs, grant.expiration, grant.lease_id, revision=revision)
 
     async def _reuse(self, mine: Lease, attrs: LeaseAttrs, value: bytes) -> Lease | None:
