@@ -38,7 +38,9 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _logfmt_value(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    # Numbers, booleans and None as JSON (true, 3, null); anything else (addresses, subnets,
+    # enums) by its str(), quoted below only when it needs it.
+    text = json.dumps(value) if value is None or isinstance(value, bool | int | float) else str(value)
     if text and not any(c in text for c in ' "=\\\n\r\t') and text.isprintable():
         return text
     return json.dumps(text, ensure_ascii=False)  # quoted, with \n \" escaped: still one line
