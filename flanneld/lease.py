@@ -96,6 +96,8 @@ def decode_lease_attrs(raw: bytes | str) -> LeaseAttrs:
         if not isinstance(pub6, str):
             raise LeaseDecodeError(f"PublicIPv6: must be an IPv6 address string or null, got {pub6!r}")
         try:
+            if "%" in pub6:
+                raise AddressValueError  # a zone: Go's net.ParseIP refuses it
             public_ipv6 = IPv6Address(pub6)
         except AddressValueError:
             raise LeaseDecodeError(f"PublicIPv6: not an IPv6 address: {pub6!r}") from None

@@ -11,6 +11,7 @@ every node of a mixed cluster must pick the same backend from the same config.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 from flanneld.errors import NetworkConfigError
 
 DEFAULT_BACKEND = "udp"
+
+_V4_CIDR = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}", re.ASCII)
+_V6_CIDR = re.compile(r"[0-9A-Fa-f:.]+/\d{1,3}", re.ASCII)
 
 _KNOWN_FIELDS = {
     "network", "subnetlen", "subnetmin", "subnetmax", "enableipv4", "enableipv6",
@@ -115,6 +119,8 @@ def _ipv4_part(fields: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, I
     if not isinstance(raw, str) or not raw:
         raise NetworkConfigError("Network", f"is required (an IPv4 CIDR such as 10.244.0.0/16), got {raw!r}")
     try:
+        if _V4_CIDR.fullmatch(raw) is None:
+            raise ValueError  # Go's net.ParseCIDR takes no netmask form (10.0.0.0/255.0.0.0)
         network = IPv4Network(raw, strict=False)
     except ValueError:
         raise NetworkConfigError("Network", f"not an IPv4 CIDR: {raw!r}") from None
@@ -162,6 +168,8 @@ def _ipv6_part(fields: dict[str, Any]) -> tuple[IPv6Network, int]:
     if not isinstance(raw, str) or not raw:
         raise NetworkConfigError("IPv6Network", f"is required when EnableIPv6 is true, got {raw!r}")
     try:
+        if _V6_CIDR.fullmatch(raw) is None:
+            raise ValueError
         network = IPv6Network(raw, strict=False)
     except ValueError:
         raise NetworkConfigError("IPv6Network", f"not an IPv6 CIDR: {raw!r}") from None

@@ -1,8 +1,8 @@
-"""The udp backend for the daemon: TUN `flannel0` + the in-process asyncio datapath.
+"""The udp backend for the daemon: TUN `flannel0` + the in-process datapath (two threads).
 
 Why and history: Go flannel's udp backend (the oldest one) runs a C proxy beside the Go code
-and feeds it routes over a control socket. Here the datapath (`datapath.py`) runs on the
-daemon's own event loop and `reconcile` calls its `set_route`/`del_route` directly; the lease is
+and feeds it routes over a control socket. Here the datapath (`datapath.py`) runs in two threads
+of the daemon process and `reconcile` calls its `set_route`/`del_route` directly; the lease is
 written as Go writes it (PublicIP only: no BackendType, no BackendData). Peers are Go udp leases
 (empty BackendType). Beyond flannel, the datapath drops datagrams from senders without a lease.
 `Backend.Offload` (ours, ignored by Go flannel; default true) selects the numpy TSO/GSO path.

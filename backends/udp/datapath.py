@@ -1,11 +1,15 @@
-"""The udp backend's asyncio hot loop: TUN <-> UDP socket, flannel's wire (payload = inner IPv4).
+"""The udp backend's hot loop: TUN <-> UDP socket, flannel's wire (payload = inner IPv4).
 
-Why: Go flannel forwards in a C poll() loop (proxy.c). Here two loop readers drain their fd until
-EAGAIN (bounded, so neither direction starves the other) into preallocated buffers; all
-packet logic is the sans-IO `core` (and `gso` for the offload mode). Route updates are plain
-method calls on the loop thread (`set_route`/`del_route`, also reachable over a JSON-lines unix
-control socket like flannel's), so they never stall forwarding: a lookup sees the old or the new
-table. Counters are plain lists bumped in place; `stats()` exports them as plain data.
+Why: Go flannel forwards in a C poll() loop (proxy.c). Here each direction has its own thread
+that sleeps in read()/recvfrom() with the GIL released (`io="threads"`, the default): a lone
+packet wakes the one thread that forwards it, with no event-loop pass around it, which is what
+the round-trip time of a Python forwarder is made of. Under load the threads drain in batches
+(`BATCH`) into preallocated buffers, one per direction. `io="loop"` keeps the older design (two
+asyncio readers on the caller's loop). All packet logic is the sans-IO `core` (and `gso` for the
+offload mode), with the common case inlined in the drains. Route updates are plain method calls
+from any thread (`set_route`/`del_route`, also over a JSON-lines unix control socket like
+flannel's): a lookup sees the old or the new table. Counters are plain lists bumped in place;
+`stats()` exports them as plain data, `telemetry.samples()` as metrics samples.
 
 Run standalone inside a namespace (as root):
     python -m flanneld.backends.udp.datapath --tun flannel0 --bind 198.18.0.1:8285 \
@@ -21,6 +25,7 @@ import errno
 import ipaddress
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -90,8 +95,11 @@ class Datapath:
         # peer underlay host -> [tx_packets, tx_bytes, rx_packets, rx_bytes]
         self.peers: dict[str, list[int]] = {}
         self.offload = tun.vnet_hdr if offload is None else offload
+        # one buffer per direction: the two directions run on two threads
         self._buf = bytearray(65536 + 16)
         self._view = memoryview(self._buf)
+        self._rx_buf = bytearray(65536 + 16)
+        self._rx_view = memoryview(self._rx_buf)
         self._gso: Any = None
         if self.offload:
             from flanneld.backends.udp.gso import OffloadPath  # numpy only in this mode
@@ -140,16 +148,16 @@ class Datapath:
             loop.add_reader(self.sock.fileno(), on_sock)
             self._loop = loop
             return
-        # Blocking reads: a thread sleeps in read()/recvfrom() with the GIL released and the
-        # kernel wakes exactly that thread; no poll() and no EAGAIN read per wake-up.
+        # One thread per direction, each sleeping in the kernel with the GIL released, so a
+        # packet wakes exactly the thread that forwards it, straight out of read()/recvfrom():
+        # no poll() and no EAGAIN read on the way of a lone packet. SO_RCVTIMEO bounds the
+        # socket thread's wait (it checks `stop()`); the TUN thread is woken by `Tun.wake`.
         self._stopping = False
-        os.set_blocking(self.tun.fd, True)
         self.sock.setblocking(True)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RCV_TIMEOUT)
-        # TUN thread: one packet per call, so the packet `stop()` injects ends it at once;
-        # socket thread: returns at least every RCV_TIMEOUT (EAGAIN) to look at `_stopping`.
-        for name, drain, budget in (("tun", on_tun, 1), ("udp", on_sock, BATCH)):
-            t = threading.Thread(target=self._forward, args=(drain, budget), daemon=True,
+        for name, target, drain in (("tun", self._forward_tun, on_tun),
+                                    ("udp", self._forward_sock, on_sock)):
+            t = threading.Thread(target=target, args=(drain,), daemon=True,
                                  name=f"udp-datapath-{name}")
             t.start()
             self._threads.append(t)
@@ -161,19 +169,38 @@ class Datapath:
             self._loop = None
         if self._threads:
             self._stopping = True
-            for _ in range(100):  # wake the TUN reader with a packet (no waker: give up, 5 s)
-                if not self._threads[0].is_alive():
-                    break
+            tun_thread = self._threads[0]
+            for _ in range(100):  # without a waker, give up on the TUN thread after 5 s
                 self.tun.wake()
-                self._threads[0].join(0.05)
+                tun_thread.join(0.05)
+                if not tun_thread.is_alive():
+                    break
             self._threads[1].join()
             self._threads = []
             os.set_blocking(self.tun.fd, False)
             self.sock.setblocking(False)
 
-    def _forward(self, drain: Drain, budget: int) -> None:
+    def _forward_sock(self, drain: Drain) -> None:
         while not self._stopping:
-            drain(budget)
+            drain(BATCH)
+
+    def _forward_tun(self, drain: Drain) -> None:
+        """Sparse traffic: sleep in read() itself, forward the packet, then poll(0) whether
+        more is queued. A backlog: non-blocking drains of BATCH (trains in offload mode)
+        until a read finds the queue empty, then back to sleeping in read()."""
+        fd = self.tun.fd
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poll, set_blocking = poller.poll, os.set_blocking
+        while not self._stopping:
+            set_blocking(fd, True)
+            while not self._stopping:
+                drain(1)
+                if poll(0):
+                    break
+            set_blocking(fd, False)
+            while not self._stopping and drain(BATCH) == BATCH:
+                pass
 
     # The drains inline the common case (IPv4 without options, TTL > 1, a route / a leased
     # sender, valid header checksum, destination ours): every extra call or attribute look-up
@@ -213,7 +240,7 @@ class Datapath:
 
     def tun_slow_path(self, pkt: memoryview) -> None:
         """A packet from the TUN the inline path did not take: forward it or count the drop."""
-        if self._stopping:  # the packet stop() sent to wake the TUN thread
+        if self._stopping:  # Tun.wake's packet
             return
         v = core.from_tun(pkt, self.routes, self.mtu)
         if v.peer is None:
@@ -231,7 +258,7 @@ class Datapath:
         c[1] += len(pkt)
 
     def _on_sock(self, budget: int = BATCH) -> int:
-        recv, view, raw, fd, write = self.sock.recvfrom_into, self._view, self._buf, \
+        recv, view, raw, fd, write = self.sock.recvfrom_into, self._rx_view, self._rx_buf, \
             self.tun.fd, os.write
         routes, local, peers = self.routes, self.local, self.peers
         mask, net = local.mask, local.network

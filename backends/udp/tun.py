@@ -32,7 +32,7 @@ VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers)
 IFNAMSIZ = 16
 DEFAULT_NAME = "flannel0"
 ETH_P_IP = 0x0800
-WAKE_PACKET = bytes(20)  # version 0: never forwarded (and not counted while stopping)
+WAKE_PACKET = bytes(20)  # IP version 0: never forwarded (and not counted while stopping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class Tun:
     fd: int
     name: str
     vnet_hdr: bool  # every read/write starts with a 10-byte virtio_net_hdr
-    # sends a packet *out of* the device, i.e. into our read queue: wakes a blocked read()
+    # sends a packet *out of* the device, i.e. into our own read queue: ends a blocked read()
     waker: socket.socket | None = None
 
     def wake(self) -> None:
@@ -55,7 +55,7 @@ class Tun:
 
 
 def open_waker(name: str) -> socket.socket:
-    """An AF_PACKET socket on TUN `name` (created in the TUN's namespace: root)."""
+    """An AF_PACKET socket on TUN `name`, opened in the TUN's namespace (needs CAP_NET_RAW)."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
     try:
         s.bind((name, ETH_P_IP))

@@ -1,14 +1,16 @@
 """Side-by-side benchmark of the udp backend datapath (run as root; ~3-4 minutes).
 
-Two netns nodes (fudp-n1/fudp-n2) with one pod namespace each (tests/udp/udp_topology.py);
+Two netns nodes (fudpb-n1/fudpb-n2: `--prefix`, so it can run beside the netlink tests' fudp-*)
+with one pod namespace each (tests/udp/udp_topology.py);
 for each forwarder, pod-to-pod: TCP throughput (iperf3), 64-byte UDP packets per second
 (iperf3 -u -l 64 -b 0, received packets), ping RTT p50/p99 (200 pings, 10 ms apart) and CPU
 per forwarded 64-byte packet (user+sys of both forwarder processes / packets delivered).
 Forwarders: ours with offload (IFF_VNET_HDR + UDP GSO/GRO), ours plain, bench/udp/cfwd.c
-(flannel's proxy design) and kernel vxlan. Modes are interleaved run by run, so machine noise
+(flannel's proxy design) and kernel vxlan; "ours[-plain]-loop" runs ours with `--io loop` (the
+asyncio readers instead of the datapath threads). Modes are interleaved run by run, so machine noise
 hits all of them alike; medians of --runs runs and ratios are printed, JSON in bench/out/.
 
-    sudo .venv/bin/python bench/udp/run.py [--runs 3] [--seconds 5] [--modes ours,cfwd,...]
+    sudo .venv/bin/python bench/udp/run.py [--runs 3] [--seconds 5] [--modes ours,ours-loop,cfwd]
 """
 
 from __future__ import annotations

@@ -98,9 +98,11 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
     """``one_of`` with explicit weights (percent-like). A plain one_of lets hypothesis drift
     towards whichever branch is cheapest; and a branch index drawn from a small set gets
     "exhausted" by hypothesis' novelty search, after which it stops picking the common
-    branches. So the branch is sampled from a wide table (100 entries per unit of weight)."""
-    pick = st.sampled_from([i for i, (weight, _) in enumerate(choices)
-                            for _ in range(weight * 100)])
+    branches. So the branch is sampled from a wide table (100 entries per unit of weight),
+    shuffled because hypothesis favours the first entries of a sampled list."""
+    table = [i for i, (weight, _) in enumerate(choices) for _ in range(weight * 100)]
+    random.Random(len(table)).shuffle(table)
+    pick = st.sampled_from(table)
 
     @st.composite
     def draw_one(draw: st.DrawFn) -> Any:
