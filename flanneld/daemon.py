@@ -73,6 +73,7 @@ class Daemon:
         self._lease_lost = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.masq: MasqRules | None = None
+        self.exit_code = 0  # 1 when a task died; 0 after SIGTERM/SIGINT
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -90,8 +91,6 @@ class Daemon:
             log.critical("task %s died: %r; stopping", task.get_name(), exc, exc_info=exc)
             self.exit_code = 1
             self.stopping.set()
-
-    exit_code = 0
 
     async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]], cap: float = 10.0) -> Any:
         """Call ``fn`` until it succeeds; log each distinct failure once; capped backoff."""
