@@ -76,6 +76,9 @@ DROP_REASONS = frozenset(
         "send_error",
         "kernel_rx",
         "kernel_tx",
+        "not_local",
+        "too_big",
+        "tun_write_error",
     }
 )
 DIRECTIONS = ("rx", "tx")

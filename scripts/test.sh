@@ -10,6 +10,8 @@ bash scripts/bootstrap.sh
 echo "== ruff" >&2
 .venv/bin/ruff check .
 echo "== mypy" >&2
-.venv/bin/mypy -p flanneld
+# From a neutral directory: in the repository root the source folder flanneld/ would shadow the
+# installed package, whose flanneld.backends and flanneld.cni are mapped from other folders.
+(cd / && "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" -p flanneld)
 echo "== pytest" >&2
 exec .venv/bin/pytest "$@"

@@ -15,18 +15,18 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Any, ClassVar, TypeVar
 
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
 from flanneld.backends.udp import core, telemetry
 from flanneld.backends.udp.datapath import DEFAULT_PORT, Datapath, open_socket
+from flanneld.backends.udp.device import device_ops
 from flanneld.backends.udp.tun import DEFAULT_NAME, Tun, open_tun
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
 from flanneld.netlink import Netlink
-from flanneld.netops import Address, Replace, Route
 
 T = TypeVar("T")
 
@@ -120,9 +120,7 @@ class UDPBackend(Backend):
         assert self._tun is not None
         ifindex = socket.if_nametoindex(self._tun.name) if self._netns is None else \
             _in_netns(self._netns, lambda: socket.if_nametoindex(self._tun.name))  # type: ignore[union-attr]
-        ops = [Replace(Address(ifindex, IPv4Address(subnet.network_address), 32)),
-               Replace(Route(self.ctx.netconf.network, ifindex))]
-        outcomes = await self._netlink.apply(ops)
+        outcomes = await self._netlink.apply(device_ops(ifindex, subnet, self.ctx.netconf.network))
         return sum(1 for o in outcomes if not o.ok)
 
     async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:

@@ -74,8 +74,9 @@ class Datapath:
 
     Control methods (`set_route`, `del_route`, `stats`) run on the caller's thread while the
     datapath threads forward: route updates replace whole dict/tuple entries, so a lookup sees
-    the old or the new table; every counter has a single writer thread (tx: the TUN thread,
-    rx: the socket thread).
+    the old or the new table. Per-peer counters have one writer thread each (tx: the TUN
+    thread, rx: the socket thread); a drop reason both directions can hit (e.g. truncated)
+    may lose an increment when both bump it at the same instant (no lock in the hot path).
     """
 
     def __init__(self, tun: Tun, sock: socket.socket, subnet: str, mtu: int,
@@ -192,12 +193,11 @@ class Datapath:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poll, set_blocking = poller.poll, os.set_blocking
-        nopoll = os.environ.get("FUDP_NOPOLL") == "1"
         while not self._stopping:
             set_blocking(fd, True)
             while not self._stopping:
                 drain(1)
-                if not nopoll and poll(0):
+                if poll(0):
                     break
             set_blocking(fd, False)
             while not self._stopping and drain(BATCH) == BATCH:
@@ -365,7 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> Datapath:
-    """Open the TUN (netlink setup before any event loop: pyroute2's sync API needs that)."""
+    """Open the TUN and configure it (before the datapath's own event loop runs)."""
     host, _, port_s = args.bind.partition(":")
     port = int(port_s) if port_s else DEFAULT_PORT
     mtu = args.external_mtu - core.UDP_ENCAP_OVERHEAD
@@ -374,7 +374,7 @@ def build(args: argparse.Namespace) -> Datapath:
         if args.network:
             from flanneld.backends.udp import device
 
-            device.configure(tun.name, args.subnet, args.network)
+            device.configure(socket.if_nametoindex(tun.name), args.subnet, args.network)
         sock = open_socket(host, port, args.bufsize)
     except BaseException:
         tun.close()

@@ -2,27 +2,35 @@
 
 Why: Go flannel's udp backend (configureIface) gives flannel0 a /32 address (no broadcast
 routes; it is only the source for host-to-pod traffic) and adds the Network route explicitly,
-since a more specific route may already exist. Kept apart from `tun.py` so the datapath itself
-never imports pyroute2 (which cannot run under uvloop).
+since a more specific route may already exist.  The ops go through the project's one netlink
+applier (flanneld.netlink); the daemon's UDPBackend and the standalone datapath CLI share them.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
 
-from pyroute2 import IPRoute
+from flanneld.netops import Address, Replace, Route
 
 
-def configure(ifname: str, subnet: str | ipaddress.IPv4Network,
-              network: str | ipaddress.IPv4Network) -> None:
-    """Idempotently put `<subnet .0>/32` on `ifname` and route `network` through it."""
-    sub = ipaddress.IPv4Network(subnet)
-    net = ipaddress.IPv4Network(network)
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise LookupError(f"no interface {ifname}")
-        ipr.addr("replace", index=idx[0], address=str(sub.network_address), prefixlen=32)
-        ipr.link("set", index=idx[0], state="up")
-        ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx[0],
-                  scope=0)
+def device_ops(ifindex: int, subnet: IPv4Network, network: IPv4Network) -> list[Replace]:
+    """The address and the Network route for a TUN (pure)."""
+    return [Replace(Address(ifindex, IPv4Address(subnet.network_address), 32)),
+            Replace(Route(network, ifindex))]
+
+
+def configure(ifindex: int, subnet: str | IPv4Network, network: str | IPv4Network) -> None:
+    """Blocking: apply ``device_ops`` (for the standalone CLI, before its event loop runs)."""
+    from flanneld.netlink import KernelError, Netlink
+
+    async def apply() -> None:
+        async with Netlink() as netlink:
+            outcomes = await netlink.apply(
+                device_ops(ifindex, IPv4Network(subnet), IPv4Network(network)))
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise KernelError(f"configuring the TUN failed: {failed[0].op}: {failed[0].message}",
+                              failed[0].errno)
+
+    asyncio.run(apply())

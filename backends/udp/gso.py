@@ -18,6 +18,7 @@ GRO implementations (wireguard-go) we do not re-verify their inner TCP checksum.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -62,6 +63,7 @@ MAX_GSO_BYTES = 65000  # one sendmsg(UDP_SEGMENT): total payload must fit one UD
 MAX_GSO_SEGS = 64  # UDP_MAX_SEGMENTS of older kernels
 TCP_FIN, TCP_PSH, TCP_ACK, TCP_CWR = 0x01, 0x08, 0x10, 0x80
 BATCH = 64
+NO_UDP_GSO = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP})  # sendmsg(UDP_SEGMENT)
 NO_PEER = ("", 0)
 BYTEORDER = sys.byteorder  # cmsg data is in host order
 
@@ -172,6 +174,7 @@ class OffloadPath:
         self.rbufs = [self.rview]
         self.cmsg_space = socket.CMSG_SPACE(4)
         self.super_packets_tx = 0
+        self.udp_gso = True  # False once the kernel refused UDP_SEGMENT on this path
         self.super_packets_rx = 0
 
     # -- TUN -> underlay ------------------------------------------------------------------
@@ -280,13 +283,22 @@ class OffloadPath:
             self._send(self.out_view[start:end], peer, seglen, min(per, nseg - first))
 
     def _send(self, data: memoryview, peer: tuple[str, int], seglen: int, nseg: int) -> None:
+        sock = self.dp.sock
         try:
-            if nseg > 1:
-                self.dp.sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, seglen.to_bytes(2, BYTEORDER))],
-                                     0, peer)
+            if nseg == 1:
+                sock.sendto(data, peer)
+            elif self.udp_gso:
+                sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, seglen.to_bytes(2, BYTEORDER))],
+                              0, peer)
             else:
-                self.dp.sock.sendto(data, peer)
-        except OSError:
+                for off in range(0, len(data), seglen):
+                    sock.sendto(data[off: off + seglen], peer)
+        except OSError as e:
+            if nseg > 1 and self.udp_gso and e.errno in NO_UDP_GSO:
+                # an underlay device without checksum offload refuses UDP GSO: send one by one
+                self.udp_gso = False
+                self._send(data, peer, seglen, nseg)
+                return
             self.dp.drops[DropReason.SEND_FAILED] += nseg
             return
         c = self.dp.peers.get(peer[0]) or self.dp.peer_counters(peer[0])

@@ -45,3 +45,23 @@ def test_threads_forward_both_ways_and_stop(offload: bool) -> None:
         b.dp.stop()
         a.close()
         b.close()
+
+
+def test_trains_without_udp_gso_are_sent_one_by_one() -> None:
+    """The fallback for an underlay that refuses UDP_SEGMENT (no checksum offload)."""
+    a, b = lp.pair(offload=True)
+    try:
+        a.dp._gso.udp_gso = False
+        for i in range(10):
+            a.inject(lp.udp_packet("10.244.1.2", "10.244.2.2", bytes([i]) * 64))
+        tx, _ = a.dp.handlers()
+        _, rx = b.dp.handlers()
+        while tx() + rx():
+            pass
+        got = b.take()
+        assert got == [lp.udp_packet("10.244.1.2", "10.244.2.2", bytes([i]) * 64, ttl=63)
+                       for i in range(10)]
+        assert a.dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == 10
+    finally:
+        a.close()
+        b.close()
