@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import FLANNELD_TEST_ARGS, HEALTHZ_PORT, FaultLab, fault_lab, figure, require_flanneld
+from labkit import FLANNELD_TEST_ARGS, HEALTHZ_PORT, FaultLab, fault_lab, figure, poll, require_flanneld
 from netnslab.proc import nsexec, run
 
 pytestmark = pytest.mark.fault
@@ -61,16 +61,26 @@ def _restart(lab: FaultLab, node: int, *extra: str) -> None:
     lab.start_flanneld_with(node, *extra)
 
 
+def _restart_listening(lab: FaultLab, node: int, *extra: str) -> list[str]:
+    """Restart with ``extra`` flags (a --healthz-port); flanneld's listeners once it has some."""
+    _restart(lab, node, *extra)
+    found: list[str] = []
+
+    def listening() -> bool:
+        found[:] = _flanneld_listeners(lab, node)
+        return bool(found)
+
+    poll(listening, 15.0, 0.05, f"n{node}: flanneld listening after restart")
+    return found
+
+
 def test_listens_only_where_configured(lab: FaultLab) -> None:
     default = _flanneld_listeners(lab, NODE)
     assert default == [], f"flanneld with --healthz-port 0 listens on {default}"
-    _restart(lab, NODE, f"--healthz-port={HEALTHZ_PORT}")
-    lab.readyz(NODE)  # the listener is up once subnet.env exists; make sure it answers
-    loopback = _flanneld_listeners(lab, NODE)
+    loopback = _restart_listening(lab, NODE, f"--healthz-port={HEALTHZ_PORT}")
     assert loopback == [f"tcp:127.0.0.1:{HEALTHZ_PORT}"], loopback
     underlay = lab.public_ip(NODE)
-    _restart(lab, NODE, f"--healthz-port={HEALTHZ_PORT}", f"--healthz-ip={underlay}")
-    configured = _flanneld_listeners(lab, NODE)
+    configured = _restart_listening(lab, NODE, f"--healthz-port={HEALTHZ_PORT}", f"--healthz-ip={underlay}")
     assert configured == [f"tcp:{underlay}:{HEALTHZ_PORT}"], configured
     figure("listeners", default=len(default), healthz_port=";".join(loopback),
            healthz_ip=";".join(configured))  # fmt: skip
