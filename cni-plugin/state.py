@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import posix
 
+from flanneld.cni.subnetenv import read_file
+
 
 def path_of(data_dir: str, container_id: str) -> str:
     return f"{data_dir.rstrip('/') or '/'}/{container_id}"
@@ -60,16 +62,9 @@ def save(data_dir: str, container_id: str, data: bytes) -> None:
 def load(data_dir: str, container_id: str) -> bytes | None:
     """The saved bytes, or None when there is no saved state for the container."""
     try:
-        fd = posix.open(path_of(data_dir, container_id), posix.O_RDONLY | posix.O_CLOEXEC)
+        return read_file(path_of(data_dir, container_id))
     except FileNotFoundError:
         return None
-    try:
-        chunks: list[bytes] = []
-        while chunk := posix.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        posix.close(fd)
 
 
 def remove(data_dir: str, container_id: str) -> None:

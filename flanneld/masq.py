@@ -106,6 +106,38 @@ class MasqRules(Protocol):
 Runner = Callable[[Sequence[str], bytes | None], "subprocess.CompletedProcess[bytes]"]
 
 
+class RulesBase:
+    """What both firewalls share: repair by re-applying, and replacement on a config change.
+
+    Subclasses provide ``config``, ``apply()``, ``check()`` and ``remove()``.
+    """
+
+    config: MasqConfig
+
+    def apply(self) -> None:
+        raise NotImplementedError
+
+    def check(self) -> bool:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def ensure(self) -> bool:
+        """Periodic pass: re-apply when rules are missing or changed. True if it repaired."""
+        if self.check():
+            return False
+        self.apply()
+        return True
+
+    def update(self, config: MasqConfig) -> None:
+        """New subnet or network: the re-rendered rules replace the old ones."""
+        if config.family != self.config.family:
+            self.remove()
+        self.config = config
+        self.apply()
+
+
 def command_runner(netns: str | None = None, timeout: float = 30.0) -> Runner:
     """Runs rule programs, in named network namespace ``netns`` (``ip netns exec``) if given.
 

@@ -12,7 +12,7 @@ right after applying; ``remove`` deletes the jumps, then flushes and deletes the
 
 from __future__ import annotations
 
-from flanneld.masq import KUBE_PROXY_MARK, MasqConfig, Runner, command_runner, run_checked
+from flanneld.masq import KUBE_PROXY_MARK, MasqConfig, RulesBase, Runner, command_runner, run_checked
 
 POSTRTG = "FLANNEL-POSTRTG"
 FWD = "FLANNEL-FWD"
@@ -61,7 +61,7 @@ def render_restore(config: MasqConfig) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-class IptablesMasq:
+class IptablesMasq(RulesBase):
     """``--ip-masq`` rules as flannel's iptables chains. See the module docstring."""
 
     name = "iptables"
@@ -116,18 +116,6 @@ class IptablesMasq:
         if self.config.empty:
             return self._ours() == ""
         return self._applied is not None and self._ours() == self._applied
-
-    def ensure(self) -> bool:
-        if self.check():
-            return False
-        self.apply()
-        return True
-
-    def update(self, config: MasqConfig) -> None:
-        if config.family != self.config.family:
-            self.remove()
-        self.config = config
-        self.apply()
 
     def _remove_part(self, table: str, hook: str, chain: str) -> None:
         base = [self._bin, "-w", "5", "-t", table]

@@ -16,7 +16,7 @@ packet is dropped anyway; on such hosts use the iptables implementation for forw
 
 from __future__ import annotations
 
-from flanneld.masq import KUBE_PROXY_MARK, MasqConfig, Runner, command_runner, run_checked
+from flanneld.masq import KUBE_PROXY_MARK, MasqConfig, RulesBase, Runner, command_runner, run_checked
 
 
 def table_ref(config: MasqConfig) -> tuple[str, str]:
@@ -65,7 +65,7 @@ def render_replace(config: MasqConfig) -> str:
     return script
 
 
-class NftMasq:
+class NftMasq(RulesBase):
     """``--ip-masq`` rules in our own nftables table. See the module docstring."""
 
     name = "nft"
@@ -92,20 +92,6 @@ class NftMasq:
         if self._applied is None:
             return False
         return self._list() == self._applied
-
-    def ensure(self) -> bool:
-        """Periodic pass: re-apply when rules are missing or changed. True if it repaired."""
-        if self.check():
-            return False
-        self.apply()
-        return True
-
-    def update(self, config: MasqConfig) -> None:
-        """New subnet or network: the re-rendered table replaces the old one atomically."""
-        if config.family != self.config.family:
-            self.remove()
-        self.config = config
-        self.apply()
 
     def remove(self) -> None:
         family, name = table_ref(self.config)
