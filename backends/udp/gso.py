@@ -237,6 +237,19 @@ class OffloadPath:
             send(train[:tlen], tpeer, tseg, tcount)
         return budget
 
+    def tun_one(self, frame: memoryview) -> None:
+        """One TUN read outside the inline path: a super-packet, a partial checksum to finish,
+        or whatever the slow path makes of it (forward or count the drop)."""
+        if len(frame) >= VNET_HDR_LEN:
+            if frame[1] != GSO_NONE:
+                self.tun_super(frame)
+                return
+            if frame[0] & F_NEEDS_CSUM and not finish_checksum(
+                    frame[VNET_HDR_LEN:], frame[6] | frame[7] << 8, frame[8] | frame[9] << 8):
+                self.dp.drops[DropReason.BAD_OFFLOAD] += 1
+                return
+        self.tun_slow_path(frame)
+
     def tun_super(self, frame: memoryview) -> None:
         """A TUN read with a GSO type: a TCP super-packet to segment, anything else dropped."""
         if len(frame) < VNET_HDR_LEN + core.IPV4_MIN_HEADER:

@@ -55,10 +55,15 @@ class Tun:
 
 
 def open_waker(name: str) -> socket.socket:
-    """An AF_PACKET socket on TUN `name`, opened in the TUN's namespace (needs CAP_NET_RAW)."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    """An AF_PACKET socket on TUN `name`, opened in the TUN's namespace (needs CAP_NET_RAW).
+
+    Protocol 0: a send-only socket (what it sends reaches the TUN's reader as is). Bound to ETH_P_IP it would also be a receive tap on the
+    device that nobody reads: every packet written into the TUN would be delivered to it too
+    (and, shared with it, be cloned by ip_rcv) on the forwarding path."""
+    tap = ETH_P_IP if os.environ.get("FUDP_XTAP") else 0
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(tap))
     try:
-        s.bind((name, ETH_P_IP))
+        s.bind((name, tap))
         s.setblocking(False)
     except BaseException:
         s.close()

@@ -34,6 +34,9 @@ MODES = ("ours", "ours-plain", "cfwd", "vxlan")
 # extra datapath arguments of experimental modes: "ours-<name>" / "ours-plain-<name>"
 VARIANTS: dict[str, list[str]] = {
     "loop": ["--io", "loop"],  # the asyncio readers instead of the datapath threads
+    "xdrain": ["ENV:FUDP_XDRAIN"],
+    "xtap": ["ENV:FUDP_XTAP"],
+    "xold": ["ENV:FUDP_XTAP", "ENV:FUDP_XDRAIN"],
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -71,7 +74,15 @@ def start(mode: str, work: Path, cfwd: Path) -> list[topo.Proc]:
     if mode == "cfwd":
         return [topo.start_cfwd(i, cfwd, work) for i in (0, 1)]
     offload, extra = ours_args(mode)
-    return [topo.start_ours(i, work, offload=offload, extra=extra) for i in (0, 1)]
+    env = [a for a in extra if a.startswith("ENV:")]  # temporary A/B switches
+    for a in env:
+        os.environ[a[4:]] = "1"
+    try:
+        return [topo.start_ours(i, work, offload=offload, extra=[a for a in extra if a not in env])
+                for i in (0, 1)]
+    finally:
+        for a in env:
+            os.environ.pop(a[4:], None)
 
 
 def ours_args(mode: str) -> tuple[bool, list[str]]:
@@ -95,7 +106,16 @@ def iperf(work: Path, args: list[str], seconds: int) -> dict[str, object]:
     return result
 
 
-def measure(mode: str, work: Path, cfwd: Path, seconds: int) -> dict[str, float]:
+def measure_rtt(pings: int) -> dict[str, float]:
+    ping = topo.ping(0, topo.POD_IPS[1], count=pings, interval="0.01")
+    rtts = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", ping.stdout))
+    assert len(rtts) >= pings * 3 // 4, ping.stdout[-500:]
+    return {"rtt_p50_ms": rtts[len(rtts) // 2],
+            "rtt_p99_ms": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]}
+
+
+def measure(mode: str, work: Path, cfwd: Path, seconds: int, rtt_only: bool = False,
+            pings: int = 200) -> dict[str, float]:
     topo.setup(pod_mtu=1450 if mode == "vxlan" else 1472)
     procs: list[topo.Proc] = []
     try:
@@ -103,6 +123,8 @@ def measure(mode: str, work: Path, cfwd: Path, seconds: int) -> dict[str, float]
         pids = [p.popen.pid for p in procs]
         ping = topo.ping(0, topo.POD_IPS[1], count=5, interval="0.01")  # warm up, ARP
         assert ping.returncode == 0, f"{mode}: no connectivity: {ping.stdout}"
+        if rtt_only:
+            return measure_rtt(pings)
         tcp = iperf(work, [], seconds)
         bps = float(tcp["end"]["sum_received"]["bits_per_second"])  # type: ignore[index]
         cpu0 = cpu_seconds(pids)
@@ -111,14 +133,10 @@ def measure(mode: str, work: Path, cfwd: Path, seconds: int) -> dict[str, float]
         s = udp["end"]["sum"]  # type: ignore[index]
         delivered = float(s["packets"]) - float(s["lost_packets"])
         pps = delivered / float(s["seconds"])
-        ping = topo.ping(0, topo.POD_IPS[1], count=200, interval="0.01")
-        rtts = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", ping.stdout))
-        assert len(rtts) >= 150, ping.stdout[-500:]
         return {
             "tcp_gbps": bps / 1e9,
             "pps_64": pps,
-            "rtt_p50_ms": rtts[len(rtts) // 2],
-            "rtt_p99_ms": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))],
+            **measure_rtt(pings),
             "cpu_us_per_pkt": (cpu / delivered * 1e6) if pids and delivered else float("nan"),
         }
     finally:
@@ -132,6 +150,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--rtt-only", action="store_true",
+                    help="only the ping RTT (quick iterations on the latency path)")
+    ap.add_argument("--pings", type=int, default=200, help="pings per RTT measurement")
     ap.add_argument("--prefix", default="fudpb", help="namespace/link name prefix")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "udp.json"))
     args = ap.parse_args()
@@ -145,14 +166,16 @@ def main() -> int:
             for mode in modes:
                 t0 = time.monotonic()
                 try:
-                    r = measure(mode, work, cfwd, args.seconds)
+                    r = measure(mode, work, cfwd, args.seconds, args.rtt_only, args.pings)
                 except (AssertionError, KeyError, RuntimeError, TimeoutError) as e:
                     print(f"run {run + 1} {mode}: failed: {e!r}", flush=True)
                     continue
                 results[mode].append(r)
                 print(f"run {run + 1} {mode:10s} " + " ".join(f"{k}={v:.3f}" for k, v in r.items())
                       + f" ({time.monotonic() - t0:.0f}s)", flush=True)
-    keys = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_pkt")
+    keys: tuple[str, ...] = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_pkt")
+    if args.rtt_only:
+        keys = ("rtt_p50_ms", "rtt_p99_ms")
     med: dict[str, dict[str, float]] = {
         m: {k: statistics.median(r[k] for r in rs) if rs else float("nan") for k in keys}
         for m, rs in results.items()}
@@ -169,7 +192,7 @@ def main() -> int:
                 continue
             print(f"{m} / {base}: " + ", ".join(f"{k} {ratio(m, base, k):.2f}x" for k in keys
                                                 if k != "cpu_us_per_pkt" or base != "vxlan"))
-    if "ours" in med and "cfwd" in med:
+    if "ours" in med and "cfwd" in med and not args.rtt_only:
         goals = (ratio("ours", "cfwd", "tcp_gbps") >= 1.7, ratio("ours", "cfwd", "pps_64") >= 1.0,
                  ratio("ours", "cfwd", "rtt_p50_ms") <= 1.5)
         print("goals (TCP >= 1.7x, pps >= 1.0x, RTT p50 <= 1.5x vs cfwd):",
