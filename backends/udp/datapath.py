@@ -155,6 +155,8 @@ class Datapath:
         # no poll() and no EAGAIN read on the way of a lone packet. SO_RCVTIMEO bounds the
         # socket thread's wait (it checks `stop()`); the TUN thread is woken by `Tun.wake`.
         self._stopping = False
+        if os.environ.get("FUDP_XPIN"):
+            os.sched_setaffinity(0, {int(os.environ["FUDP_XPIN"])})
         self.sock.setblocking(True)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RCV_TIMEOUT)
         tun_loop = self._forward_tun if os.environ.get("FUDP_XDRAIN") else self._tun_thread

@@ -36,6 +36,7 @@ VARIANTS: dict[str, list[str]] = {
     "loop": ["--io", "loop"],  # the asyncio readers instead of the datapath threads
     "xdrain": ["ENV:FUDP_XDRAIN"],
     "xtap": ["ENV:FUDP_XTAP"],
+    "xpin": ["ENV:FUDP_XPIN"],
     "xold": ["ENV:FUDP_XTAP", "ENV:FUDP_XDRAIN"],
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,6 +72,19 @@ def start(mode: str, work: Path, cfwd: Path) -> list[topo.Proc]:
     if mode == "vxlan":
         setup_vxlan()
         return []
+    if mode.startswith("xmin"):  # TEMP experiment
+        ps = []
+        for i in (0, 1):
+            node, sub = topo.NODES[i], topo.SUBNETS[i].split("/")[0]
+            rdy = work / f"min{i}"
+            rdy.unlink(missing_ok=True)
+            ps.append(topo.node_exec(node, [topo.PYTHON, "/tmp/fudpx/minfwd.py", "flannel0",
+                                            topo.UNDERLAY[i], topo.UNDERLAY[1 - i],
+                                            mode[4:] or "-", str(rdy)], work / f"min{i}.log"))
+            topo.wait_for(rdy.exists, 10, "minfwd")
+            topo.sh("ip", "addr", "replace", f"{sub}/32", "dev", "flannel0", ns=node)
+            topo.sh("ip", "route", "replace", topo.NETWORK, "dev", "flannel0", ns=node)
+        return ps
     if mode == "cfwd":
         return [topo.start_cfwd(i, cfwd, work) for i in (0, 1)]
     offload, extra = ours_args(mode)
