@@ -155,12 +155,9 @@ class Datapath:
         # no poll() and no EAGAIN read on the way of a lone packet. SO_RCVTIMEO bounds the
         # socket thread's wait (it checks `stop()`); the TUN thread is woken by `Tun.wake`.
         self._stopping = False
-        if os.environ.get("FUDP_XPIN"):
-            os.sched_setaffinity(0, {int(os.environ["FUDP_XPIN"])})
         self.sock.setblocking(True)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RCV_TIMEOUT)
-        tun_loop = self._forward_tun if os.environ.get("FUDP_XDRAIN") else self._tun_thread
-        for name, target, drain in (("tun", tun_loop, on_tun),
+        for name, target, drain in (("tun", self._forward_tun, on_tun),
                                     ("udp", self._forward_sock, on_sock)):
             t = threading.Thread(target=target, args=(drain,), daemon=True,
                                  name=f"udp-datapath-{name}")
@@ -190,24 +187,6 @@ class Datapath:
             drain(BATCH)
 
     def _forward_tun(self, drain: Drain) -> None:
-        """Sparse traffic: sleep in read() itself, forward the packet, then poll(0) whether
-        more is queued. A backlog: non-blocking drains of BATCH (trains in offload mode)
-        until a read finds the queue empty, then back to sleeping in read()."""
-        fd = self.tun.fd
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poll, set_blocking = poller.poll, os.set_blocking
-        while not self._stopping:
-            set_blocking(fd, True)
-            while not self._stopping:
-                drain(1)
-                if poll(0):
-                    break
-            set_blocking(fd, False)
-            while not self._stopping and drain(BATCH) == BATCH:
-                pass
-
-    def _tun_thread(self, drain: Drain) -> None:
         """The TUN thread: sleep in read(), forward a lone packet with as little Python as
         possible between the wake-up and sendto() (the round-trip time of a ping is made of
         this path on a cache-cold interpreter: no call layers, no train, every name a local),

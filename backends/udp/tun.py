@@ -57,13 +57,12 @@ class Tun:
 def open_waker(name: str) -> socket.socket:
     """An AF_PACKET socket on TUN `name`, opened in the TUN's namespace (needs CAP_NET_RAW).
 
-    Protocol 0: a send-only socket (what it sends reaches the TUN's reader as is). Bound to ETH_P_IP it would also be a receive tap on the
-    device that nobody reads: every packet written into the TUN would be delivered to it too
-    (and, shared with it, be cloned by ip_rcv) on the forwarding path."""
-    tap = ETH_P_IP if os.environ.get("FUDP_XTAP") else 0
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(tap))
+    Protocol 0: send-only (what it sends reaches the TUN's reader as is). Bound to ETH_P_IP it
+    would also be a receive tap that nobody reads: every packet written into the TUN would be
+    delivered to it as well, and cloned by ip_rcv as a shared skb, on the forwarding path."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
     try:
-        s.bind((name, tap))
+        s.bind((name, 0))
         s.setblocking(False)
     except BaseException:
         s.close()

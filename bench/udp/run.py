@@ -34,10 +34,6 @@ MODES = ("ours", "ours-plain", "cfwd", "vxlan")
 # extra datapath arguments of experimental modes: "ours-<name>" / "ours-plain-<name>"
 VARIANTS: dict[str, list[str]] = {
     "loop": ["--io", "loop"],  # the asyncio readers instead of the datapath threads
-    "xdrain": ["ENV:FUDP_XDRAIN"],
-    "xtap": ["ENV:FUDP_XTAP"],
-    "xpin": ["ENV:FUDP_XPIN"],
-    "xold": ["ENV:FUDP_XTAP", "ENV:FUDP_XDRAIN"],
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -72,31 +68,10 @@ def start(mode: str, work: Path, cfwd: Path) -> list[topo.Proc]:
     if mode == "vxlan":
         setup_vxlan()
         return []
-    if mode.startswith("xmin"):  # TEMP experiment
-        ps = []
-        for i in (0, 1):
-            node, sub = topo.NODES[i], topo.SUBNETS[i].split("/")[0]
-            rdy = work / f"min{i}"
-            rdy.unlink(missing_ok=True)
-            ps.append(topo.node_exec(node, [topo.PYTHON, "/tmp/fudpx/minfwd.py", "flannel0",
-                                            topo.UNDERLAY[i], topo.UNDERLAY[1 - i],
-                                            mode[4:] or "-", str(rdy)], work / f"min{i}.log"))
-            topo.wait_for(rdy.exists, 10, "minfwd")
-            topo.sh("ip", "addr", "replace", f"{sub}/32", "dev", "flannel0", ns=node)
-            topo.sh("ip", "route", "replace", topo.NETWORK, "dev", "flannel0", ns=node)
-        return ps
     if mode == "cfwd":
         return [topo.start_cfwd(i, cfwd, work) for i in (0, 1)]
     offload, extra = ours_args(mode)
-    env = [a for a in extra if a.startswith("ENV:")]  # temporary A/B switches
-    for a in env:
-        os.environ[a[4:]] = "1"
-    try:
-        return [topo.start_ours(i, work, offload=offload, extra=[a for a in extra if a not in env])
-                for i in (0, 1)]
-    finally:
-        for a in env:
-            os.environ.pop(a[4:], None)
+    return [topo.start_ours(i, work, offload=offload, extra=extra) for i in (0, 1)]
 
 
 def ours_args(mode: str) -> tuple[bool, list[str]]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from flanneld.backends.udp import core
 
 sys.path.insert(0, str(Path(__file__).parent))
 import loopback_pair as lp
@@ -63,5 +66,56 @@ def test_trains_without_udp_gso_are_sent_one_by_one() -> None:
                        for i in range(10)]
         assert a.dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == 10
     finally:
+        a.close()
+        b.close()
+
+
+def collect(node: lp.Node, into: list[bytes]) -> bool:
+    into += node.take()
+    return bool(into)
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_lone_packets_take_the_inline_path_or_the_checked_one(offload: bool) -> None:
+    """The TUN thread's lone-packet path: a plain packet forwarded inline; TTL 1, no route and
+    (offload) a partial checksum take the per-packet path, which counts or answers them."""
+    a, b = lp.pair(offload)
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    try:
+        a.dp.start()
+        b.dp.start()
+        ok = lp.udp_packet("10.244.1.2", "10.244.2.2", b"lone")
+        a.inject(ok)
+        wait_until(lambda: collect(b, got_b), "the lone packet")
+        assert got_b == [lp.udp_packet("10.244.1.2", "10.244.2.2", b"lone", ttl=63)]
+        a.inject(lp.udp_packet("10.244.1.2", "10.244.2.2", b"ttl", ttl=1))
+        wait_until(lambda: a.dp.stats()["drops"]["ttl_expired"] == 1, "the TTL drop")
+        a.inject(lp.udp_packet("10.244.1.2", "10.99.0.1", b"nowhere"))
+        wait_until(lambda: collect(a, got_a), "the ICMP reply")
+        assert got_a[0][9] == 1 and got_a[0][20:22] == b"\x03\x00"  # net unreachable
+        assert a.dp.stats()["drops"]["no_route"] == 1
+        if offload:  # CHECKSUM_PARTIAL: the UDP checksum field holds the pseudo-header sum
+            pkt = bytearray(lp.udp_packet("10.244.1.2", "10.244.2.2", b"partial"))
+            ph = core.pseudo_header_sum(bytes(pkt[12:16]), bytes(pkt[16:20]), core.PROTO_UDP, len(pkt) - 20)
+            pkt[26:28] = ph.to_bytes(2, "big")
+            a.vnet = bytes([1, 0, 0, 0, 0, 0, 20, 0, 6, 0])  # NEEDS_CSUM, start 20, offset 6
+            a.inject(bytes(pkt))
+            got_b.clear()
+            wait_until(lambda: collect(b, got_b), "the partial packet")
+            out = got_b[0]
+            assert out[8] == 63 and out[28:] == b"partial" and out[26:28] != b"\0\0"
+            assert core.checksum(out[20:], ph) == 0  # finished: verifies with the pseudo header
+        assert a.dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == (2 if offload else 1)
+    finally:
+        a.dp.stop()
+        b.dp.stop()
         a.close()
         b.close()
