@@ -184,7 +184,11 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def _read_config_file(path: str) -> bytes:
     import yaml
 
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
     try:
         obj = yaml.safe_load(text)
     except yaml.YAMLError as exc:
