@@ -154,7 +154,9 @@ _GO_EXTRA_ESCAPES = (
 )
 
 
-def _encode(value: Any, out: list[str]) -> None:
+def _encode(value: Any, out: list[str], sort_keys: bool = True) -> None:
+    """Go's encoding of ``value``; maps sorted by key (as json.Marshal does) unless
+    ``sort_keys`` is off or the map is a GoStruct (fields in declaration order)."""
     if value is None:
         out.append("null")
     elif value is True:
@@ -168,21 +170,21 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, int):
         out.append(str(value))
     elif isinstance(value, dict):
-        keys = list(value) if isinstance(value, GoStruct) else sorted(value)
+        keys = sorted(value) if sort_keys and not isinstance(value, GoStruct) else list(value)
         out.append("{")
         for i, key in enumerate(keys):
             if i:
                 out.append(",")
             out.append(go_string(key))
             out.append(":")
-            _encode(value[key], out)
+            _encode(value[key], out, sort_keys)
         out.append("}")
     elif isinstance(value, list | tuple):
         out.append("[")
         for i, item in enumerate(value):
             if i:
                 out.append(",")
-            _encode(item, out)
+            _encode(item, out, sort_keys)
         out.append("]")
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
@@ -198,26 +200,5 @@ def marshal(value: Any) -> bytes:
 def dumps(value: Any) -> str:
     """Compact JSON for results and errors (dict order kept; only keys we built)."""
     out: list[str] = []
-    _encode_ordered(value, out)
+    _encode(value, out, sort_keys=False)
     return "".join(out)
-
-
-def _encode_ordered(value: Any, out: list[str]) -> None:
-    if isinstance(value, dict):
-        out.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            if i:
-                out.append(",")
-            out.append(go_string(key))
-            out.append(":")
-            _encode_ordered(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode_ordered(item, out)
-        out.append("]")
-    else:
-        _encode(value, out)

@@ -19,19 +19,20 @@ DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 
 # Go struct fields (json tag, lower-cased for Go's case-insensitive match) -> expected kind.
-_FIELDS: dict[str, tuple[str, str]] = {
-    "cniversion": ("cniVersion", "string"),
-    "name": ("name", "string"),
-    "type": ("type", "string"),
-    "subnetfile": ("subnetFile", "string"),
-    "datadir": ("dataDir", "string"),
-    "delegate": ("delegate", "object"),
-    "ipam": ("ipam", "object"),
-    "runtimeconfig": ("runtimeConfig", "object"),
-    "prevresult": ("prevResult", "object"),
-    "capabilities": ("capabilities", "bools"),
-    "dns": ("dns", "dns"),
-    "cni.dev/valid-attachments": ("cni.dev/valid-attachments", "array"),
+# lower-cased JSON key -> (Go struct tag, JSON kind, NetConf attribute or "" when only checked)
+_FIELDS: dict[str, tuple[str, str, str]] = {
+    "cniversion": ("cniVersion", "string", "cni_version"),
+    "name": ("name", "string", "name"),
+    "type": ("type", "string", "type"),
+    "subnetfile": ("subnetFile", "string", "subnet_file"),
+    "datadir": ("dataDir", "string", "data_dir"),
+    "delegate": ("delegate", "object", "delegate"),
+    "ipam": ("ipam", "object", "ipam"),
+    "runtimeconfig": ("runtimeConfig", "object", "runtime_config"),
+    "prevresult": ("prevResult", "object", "prev_result"),
+    "capabilities": ("capabilities", "bools", ""),
+    "dns": ("dns", "dns", ""),
+    "cni.dev/valid-attachments": ("cni.dev/valid-attachments", "array", "valid_attachments"),
 }
 _JSON_KIND = {str: "string", dict: "object", list: "array", float: "number", bool: "bool"}
 
@@ -135,28 +136,10 @@ def parse(doc: dict[str, Any]) -> NetConf:
         spec = _FIELDS.get(key.lower())
         if spec is None or value is None:
             continue
-        tag, kind = spec
+        tag, kind, attr = spec
         _check_kind(tag, kind, value)
-        if tag == "cniVersion":
-            conf.cni_version = value
-        elif tag == "name":
-            conf.name = value
-        elif tag == "type":
-            conf.type = value
-        elif tag == "subnetFile":
-            conf.subnet_file = value
-        elif tag == "dataDir":
-            conf.data_dir = value
-        elif tag == "delegate":
-            conf.delegate = value
-        elif tag == "ipam":
-            conf.ipam = value
-        elif tag == "runtimeConfig":
-            conf.runtime_config = value
-        elif tag == "prevResult":
-            conf.prev_result = value
-        elif tag == "cni.dev/valid-attachments":
-            conf.valid_attachments = value
+        if attr:
+            setattr(conf, attr, value)
     # In Go an explicit "" overrides the default and the reference would then read or write
     # relative to its working directory: refuse that instead.
     if conf.data_dir == "":
