@@ -36,7 +36,7 @@ class LeaseEvent:
 
 
 def diff_leases(old: dict[IPv4Network, Lease], new: dict[IPv4Network, Lease]) -> list[LeaseEvent]:
-    """Events that turn ``old`` into ``new`` (pure; used after a compaction re-list)."""
+    """Events that turn ``old`` into ``new`` (pure; used after every re-list)."""
     events = [LeaseEvent(LeaseEventKind.REMOVED, lease) for s, lease in old.items() if s not in new]
     events += [
         LeaseEvent(LeaseEventKind.ADDED, lease)
@@ -104,41 +104,37 @@ class LeaseWatcher:
         self.known[subnet] = lease
         return LeaseEvent(LeaseEventKind.ADDED, lease)
 
-    async def resync(self) -> list[LeaseEvent]:
-        """Re-list and report what the watch stream has not told us (a safety net run
-        periodically, like an informer's resync; normally it finds nothing).
+    async def _relist(self) -> tuple[list[LeaseEvent], int]:
+        """List the leases, fold them into ``known``; the events and the listing's revision.
 
-        Only changes older than the listing's revision are applied, so a watch event that
-        arrives later, for a revision after the listing, still wins.
+        What the watch already knows at a revision after the listing's stays as it is, so a
+        watch event that overtook the listing is never undone by it.
         """
         leases, _, revision = await self.manager.list_leases()
         listed = {lease.subnet: lease for lease in leases}
-        events: list[LeaseEvent] = []
-        for subnet, old in list(self.known.items()):
-            if subnet not in listed and old.revision <= revision:
-                del self.known[subnet]
-                events.append(LeaseEvent(LeaseEventKind.REMOVED, old))
-        for subnet, lease in listed.items():
-            known = self.known.get(subnet)
-            if known is None or (known.revision < lease.revision and known != lease):
-                self.known[subnet] = lease
-                events.append(LeaseEvent(LeaseEventKind.ADDED, lease))
+        for subnet, lease in self.known.items():
+            if lease.revision > revision:
+                listed[subnet] = lease
+        events = diff_leases(self.known, listed)
+        self.known = listed
+        return events, revision
+
+    async def resync(self) -> list[LeaseEvent]:
+        """Re-list and report what the watch stream has not told us (a safety net run
+        periodically, like an informer's resync; normally it finds nothing)."""
+        events, _ = await self._relist()
         return events
 
-    async def _resync(self) -> list[LeaseEvent]:
+    async def _resync_after_compaction(self) -> list[LeaseEvent]:
         while True:
             try:
-                leases, _, revision = await self.manager.list_leases()
+                events, self.revision = await self._relist()
             except StoreUnavailableError as exc:
                 delay = self._backoff.next()
                 if self._backoff.attempts == 1:
                     log.warning("re-listing leases failed: %s; retrying with backoff", exc)
                 await self._sleep(delay)
                 continue
-            new = {lease.subnet: lease for lease in leases}
-            events = diff_leases(self.known, new)
-            self.known = new
-            self.revision = revision
             return events
 
     async def events(self) -> AsyncIterator[list[LeaseEvent]]:
@@ -161,7 +157,7 @@ class LeaseWatcher:
             except CompactedError as exc:
                 log.warning("lease watch: %s; re-listing and diffing", exc)
                 self._on_reset("compaction")
-                events = await self._resync()
+                events = await self._resync_after_compaction()
                 if events:
                     yield events
             except StoreUnavailableError as exc:
