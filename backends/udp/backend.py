@@ -1,7 +1,7 @@
-"""The udp backend for the daemon: TUN `flannel0` + the in-process datapath (two threads).
+"""The udp backend for the daemon: TUN `flannel0` + the in-process datapath (one poll() thread).
 
 Why and history: Go flannel's udp backend (the oldest one) runs a C proxy beside the Go code
-and feeds it routes over a control socket. Here the datapath (`datapath.py`) runs in two threads
+and feeds it routes over a control socket. Here the datapath (`datapath.py`) runs in one thread
 of the daemon process and `reconcile` calls its `set_route`/`del_route` directly; the lease is
 written as Go writes it (PublicIP only: no BackendType, no BackendData). Peers are Go udp leases
 (empty BackendType). Beyond flannel, the datapath drops datagrams from senders without a lease.

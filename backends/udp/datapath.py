@@ -1,12 +1,12 @@
 """The udp backend's hot loop: TUN <-> UDP socket, flannel's wire (payload = inner IPv4).
 
-Why: Go flannel forwards in a C poll() loop (proxy.c). Here each direction has its own thread
-that sleeps in read()/recvfrom() with the GIL released (`io="threads"`, the default): a lone
-packet wakes the one thread that forwards it, with no event-loop pass around it, which is what
-the round-trip time of a Python forwarder is made of. Under load the threads drain in batches
-(`BATCH`) into preallocated buffers, one per direction. `io="loop"` keeps the older design (two
-asyncio readers on the caller's loop). All packet logic is the sans-IO `core` (and `gso` for the
-offload mode), with the common case inlined in the drains. Route updates are plain method calls
+Why: Go flannel forwards in a C poll() loop (proxy.c), and so do we, in one thread
+(`io="poll"`, the default) beside the daemon's event loop: it sleeps in poll() with the GIL
+released, forwards a lone packet inline with as little Python as possible between the wake-up
+and the syscall (what a Python forwarder's round-trip time is made of), and drains an fd that
+stays readable in batches (`BATCH`) into preallocated buffers. `io="loop"` keeps the older
+design (two asyncio readers on the caller's loop). All packet logic is the sans-IO `core` (and
+`gso` for the offload mode), with the common case inlined. Route updates are plain method calls
 from any thread (`set_route`/`del_route`, also over a JSON-lines unix control socket like
 flannel's): a lookup sees the old or the new table. Counters are plain lists bumped in place;
 `stats()` exports them as plain data, `telemetry.samples()` as metrics samples.
@@ -24,13 +24,14 @@ import contextlib
 import errno
 import ipaddress
 import json
+import logging
 import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,9 +45,26 @@ BATCH = 64  # packets per readable callback before yielding to the other directi
 SOL_UDP = 17
 SO_SNDBUFFORCE = 32  # not exported by Python 3.11's socket module
 SO_RCVBUFFORCE = 33
-IO_MODES = ("threads", "loop")
+IO_MODES = ("poll", "loop")
+RETRY_AFTER_ERROR = 0.5  # seconds the datapath thread waits after an unexpected error
+POLL_TIMEOUT_MS = 200  # the poll thread's stop check (stop() also wakes it through the TUN)
 VNET_HDR_LEN = 10  # struct virtio_net_hdr ahead of each TUN read in offload mode (gso.VNET_HDR)
-RCV_TIMEOUT = struct.pack("ll", 0, 200_000)  # struct timeval: the socket thread's stop check
+# virtio_net_hdr's first two bytes (flags, gso_type) read as a native 16-bit word: any GSO type
+# or NEEDS_CSUM (flags bit 0) sends a TUN read off the inline path
+VNET_GSO_OR_CSUM = int.from_bytes(bytes([0x01, 0xFF]), sys.byteorder)
+FAST_ROUTES_MAX = 65536  # per-destination route cache entries before it starts over
+# TTL - 1 patched into the header checksum read as a native-order 16-bit word: RFC 1624's
+# HC' = ~(~HC + 0xfeff) is HC' = (HC + 0x100) % 0xffff in network order and, byte-swapped,
+# (HC + 1) % 0xffff on a little-endian host (tests/udp/test_udp_poll.py checks all 65536 values)
+CSUM_TTL_STEP = 1 if sys.byteorder == "little" else 0x100
+
+
+def native_u32(value: int) -> int:
+    """`value` (an IPv4 address or mask) as read from packet bytes by a native-order view."""
+    return int.from_bytes(value.to_bytes(4, "big"), sys.byteorder)
+
+
+log = logging.getLogger(__name__)
 
 
 class Drain(Protocol):
@@ -74,30 +92,34 @@ class Datapath:
     """One TUN, one UDP socket, one route table.
 
     Control methods (`set_route`, `del_route`, `stats`) run on the caller's thread while the
-    datapath threads forward: route updates replace whole dict/tuple entries, so a lookup sees
-    the old or the new table. Per-peer counters have one writer thread each (tx: the TUN
-    thread, rx: the socket thread); a drop reason both directions can hit (e.g. truncated)
-    may lose an increment when both bump it at the same instant (no lock in the hot path).
+    datapath thread forwards: route updates replace whole dict/tuple entries or change the
+    inline path's dicts one atomic step at a time, so a lookup sees the old or the new table.
+    Counters have one writer, the datapath thread (or the loop in ``io="loop"``).
     """
 
     def __init__(self, tun: Tun, sock: socket.socket, subnet: str, mtu: int,
                  port: int = DEFAULT_PORT, offload: bool | None = None,
-                 io: str = "threads") -> None:
+                 io: str = "poll") -> None:
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, got {io!r}")
         self.tun, self.sock, self.port, self.mtu = tun, sock, port, mtu
         self.io = io
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._stopping = False
         self.local = core.LocalSubnet.parse(subnet)
         self.routes = core.RouteTable()
         self.drops = core.new_drop_counters()
         self.icmp_sent = 0
-        # peer underlay host -> [tx_packets, tx_bytes, rx_packets, rx_bytes]
-        self.peers: dict[str, list[int]] = {}
+        # peer underlay host -> [tx_packets, tx_bytes, rx_packets, rx_bytes, (host, port)]
+        self.peers: dict[str, list[Any]] = {}
+        # the poll thread's inline path: leased host -> its peers entry, and a per-destination
+        # route cache (native-order address -> peers entry), both mutated in place
+        self._leased: dict[str, list[Any]] = {}
+        self._fast: dict[int, list[Any]] = {}
+        self._route_gen = 0
         self.offload = tun.vnet_hdr if offload is None else offload
-        # one buffer per direction: the two directions run on two threads
+        # one buffer per direction (a received packet's answer is read while it is written)
         self._buf = bytearray(65536 + 16)
         self._view = memoryview(self._buf)
         self._rx_buf = bytearray(65536 + 16)
@@ -111,9 +133,43 @@ class Datapath:
     # -- control interface ----------------------------------------------------------------
     def set_route(self, subnet: str, underlay: str, port: int | None = None) -> None:
         self.routes.set(subnet, underlay, self.port if port is None else port)
+        self._routes_changed()
 
     def del_route(self, subnet: str) -> bool:
-        return self.routes.delete(subnet)
+        found = self.routes.delete(subnet)
+        self._routes_changed()
+        return found
+
+    def _routes_changed(self) -> None:
+        """Bring the inline path's tables in line with `routes`, one atomic step at a time:
+        new hosts are added before gone ones are removed (a lookup sees the old or the new
+        state), the route cache starts over (a fill racing with this change is undone by
+        `_route_miss`, which sees the generation move)."""
+        hosts: dict[str, tuple[str, int]] = {}
+        for _net, (host, port) in self.routes.items():
+            hosts.setdefault(host, (host, port))
+        for host, addr in hosts.items():
+            entry = self.peer_counters(host)
+            entry[4] = addr
+            self._leased[host] = entry
+        for host in [h for h in self._leased if h not in hosts]:
+            self._leased.pop(host, None)
+        self._route_gen += 1
+        self._fast.clear()
+
+    def _route_miss(self, dst: memoryview) -> list[Any] | None:
+        """Route cache miss of the poll thread: look `dst` (4 bytes) up, remember the entry."""
+        gen, fast = self._route_gen, self._fast
+        peer = self.routes.lookup(int.from_bytes(dst, "big"))
+        if peer is None:
+            return None
+        entry = self.peers.get(peer[0]) or self.peer_counters(peer[0])
+        if len(fast) >= FAST_ROUTES_MAX:
+            fast.clear()
+        fast[int.from_bytes(dst, sys.byteorder)] = entry
+        if self._route_gen != gen:  # a route changed meanwhile: the entry may be stale
+            fast.clear()
+        return entry
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -128,9 +184,9 @@ class Datapath:
             if self._gso else {"tx": 0, "rx": 0},
         }
 
-    def peer_counters(self, host: str) -> list[int]:
+    def peer_counters(self, host: str) -> list[Any]:
         # setdefault: atomic under the GIL, the two datapath threads may meet a new peer at once
-        return self.peers.setdefault(host, [0, 0, 0, 0])
+        return self.peers.setdefault(host, [0, 0, 0, 0, (host, self.port)])
 
     # -- the hot loop ---------------------------------------------------------------------
     def handlers(self) -> tuple[Drain, Drain]:
@@ -140,99 +196,131 @@ class Datapath:
         return self._on_tun, self._on_sock
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Start forwarding: one thread per direction (``io="threads"``) or two readers on
-        ``loop`` (``io="loop"``)."""
-        on_tun, on_sock = self.handlers()
+        """Start forwarding: the datapath thread (``io="poll"``) or two readers on ``loop``
+        (``io="loop"``)."""
         if self.io == "loop":
             if loop is None:
                 raise ValueError("io='loop' needs the event loop")
+            on_tun, on_sock = self.handlers()
             loop.add_reader(self.tun.fd, on_tun)
             loop.add_reader(self.sock.fileno(), on_sock)
             self._loop = loop
             return
-        # One thread per direction, each sleeping in the kernel with the GIL released, so a
-        # packet wakes exactly the thread that forwards it, straight out of read()/recvfrom():
-        # no poll() and no EAGAIN read on the way of a lone packet. SO_RCVTIMEO bounds the
-        # socket thread's wait (it checks `stop()`); the TUN thread is woken by `Tun.wake`.
         self._stopping = False
-        self.sock.setblocking(True)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RCV_TIMEOUT)
-        for name, target, drain in (("tun", self._forward_tun, on_tun),
-                                    ("udp", self._forward_sock, on_sock)):
-            t = threading.Thread(target=target, args=(drain,), daemon=True,
-                                 name=f"udp-datapath-{name}")
-            t.start()
-            self._threads.append(t)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="udp-datapath")
+        self._thread.start()
 
     def stop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.tun.fd)
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None
-        if self._threads:
+        if self._thread is not None:
             self._stopping = True
-            tun_thread = self._threads[0]
-            for _ in range(100):  # without a waker, give up on the TUN thread after 5 s
-                self.tun.wake()
-                tun_thread.join(0.05)
-                if not tun_thread.is_alive():
-                    break
-            self._threads[1].join()
-            self._threads = []
-            os.set_blocking(self.tun.fd, False)
-            self.sock.setblocking(False)
+            self.tun.wake()  # ends poll() at once; without a waker, within POLL_TIMEOUT_MS
+            self._thread.join()
+            self._thread = None
 
-    def _forward_sock(self, drain: Drain) -> None:
+    def _run(self) -> None:
+        """The datapath thread: forward until `stop()`; an unexpected error (a bug, the TUN
+        gone) is logged and forwarding resumes, so one bad packet cannot end the datapath."""
         while not self._stopping:
-            drain(BATCH)
+            try:
+                self._forward_poll()
+            except Exception:
+                log.exception("udp datapath: unexpected error, forwarding resumes in %.1f s",
+                              RETRY_AFTER_ERROR)
+                time.sleep(RETRY_AFTER_ERROR)
 
-    def _forward_tun(self, drain: Drain) -> None:
-        """The TUN thread: sleep in read(), forward a lone packet with as little Python as
-        possible between the wake-up and sendto() (the round-trip time of a ping is made of
-        this path on a cache-cold interpreter: no call layers, no train, every name a local),
-        count it after the send, then poll(0) whether more is queued: a backlog goes through
-        the drains (batches, trains) until the queue is empty. Anything the inline checks do
-        not take (options, TTL <= 1, no route, GSO super-packets) goes through the same
-        per-packet handling as in the drains, which counts the drops."""
-        fd, gso = self.tun.fd, self._gso
+    def _forward_poll(self) -> None:
+        """One thread, flannel's design: poll() both fds, forward what is readable.
+
+        Why one thread: a packet written into the TUN whose answer the kernel produces within
+        the same write() (a pod answering a ping) is read by the same, awake thread in the next
+        round, as in the C proxy; with a thread per direction a second, cold thread had to be
+        woken for it. A lone packet is forwarded inline with as little Python as possible
+        between the wake-up and the syscall (on a cache-cold interpreter every bytecode costs
+        microseconds): a per-destination route cache, the TTL/checksum patch on a native-order
+        view, counters in the peer's own list. An fd readable in two consecutive rounds may
+        have a backlog and goes through its drain (batches, trains) until a drain finds at most
+        one packet. Whatever the inline checks do not take goes through the same slow paths as
+        in the drains, which count the drops."""
+        tfd, sfd = self.tun.fd, self.sock.fileno()
+        os.set_blocking(tfd, False)
+        self.sock.setblocking(False)
         poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poll, set_blocking, readv, sendto = poller.poll, os.set_blocking, os.readv, \
-            self.sock.sendto
-        lookup, peers, drops = self.routes.lookup, self.peers, self.drops
+        poller.register(tfd, select.POLLIN)
+        poller.register(sfd, select.POLLIN)
+        poll, readv, sendto, recv, write = poller.poll, os.readv, self.sock.sendto, \
+            self.sock.recvmsg_into, os.write
+        on_tun, on_sock = self.handlers()
+        fast, leased, drops, miss = self._fast, self._leased, self.drops, self._route_miss
+        mask_n, net_n = native_u32(self.local.mask), native_u32(self.local.network)
+        gso = self._gso
         if gso is not None:
             raw, view, off, one = gso.buf, gso.view, VNET_HDR_LEN, gso.tun_one
+            rbufs, rwhole, space = gso.rbufs, memoryview(gso.rbuf), gso.cmsg_space
         else:
             raw, view, off, one = self._buf, self._view, 0, self.tun_slow_path
-        bufs, limit, lo = [raw], self.mtu + off, off + 20
-        at_ttl, at_hc, at_dst, end_dst = off + 8, off + 10, off + 16, off + 20
-        set_blocking(fd, True)
+            rbufs, rwhole, space = [self._rx_view], self._rx_view, 0
+        tbufs, rpkt, rslow = [raw], rbufs[0], self.sock_slow_path
+        rraw, rhdr, rdst = rpkt, rpkt[:20].cast("I"), rpkt[16:20].cast("I")
+        tdst, thc = view[off + 16:off + 20].cast("I"), view[off + 10:off + 12].cast("H")
+        # offload: the virtio-net header's flags and gso_type (no GSO, no partial checksum)
+        vnet = view[:2].cast("H") if off else memoryview(bytearray(2)).cast("H")
+        lo, limit, at_ttl, step, total = off + 20, self.mtu + off, off + 8, CSUM_TTL_STEP, sum
+        tun_busy = sock_busy = False
         while not self._stopping:
-            n = readv(fd, bufs)
-            ttl = raw[at_ttl]
-            if (lo <= n <= limit and raw[off] == 0x45 and ttl > 1
-                    and not (off and (raw[1] or raw[0] & 1))  # offload: no GSO, no partial csum
-                    and (peer := lookup(int.from_bytes(raw[at_dst:end_dst], "big"))) is not None):
-                hc = (((raw[at_hc] << 8) | raw[at_hc + 1]) ^ 0xFFFF) + 0xFEFF
-                hc = ((hc & 0xFFFF) + (hc >> 16)) ^ 0xFFFF
-                raw[at_ttl] = ttl - 1
-                raw[at_hc] = hc >> 8
-                raw[at_hc + 1] = hc & 0xFF
-                try:
-                    sendto(view[off:n], peer)
-                except OSError:
-                    drops[DropReason.SEND_FAILED] += 1
+            tun_ready = sock_ready = False
+            for f, _ev in poll(POLL_TIMEOUT_MS):
+                if f == sfd:
+                    if sock_busy:  # readable twice in a row: drain (a lone packet ends it)
+                        sock_ready = on_sock(BATCH) > 1
+                        continue
+                    sock_ready = True
+                    try:
+                        n, anc, _fl, (host, _port) = recv(rbufs, space)
+                    except BlockingIOError:
+                        continue
+                    # leased sender, IPv4 without options, total length, header checksum
+                    # (native-order words: the ones' complement sum is byte-order independent),
+                    # destination in our subnet
+                    if ((e := leased.get(host)) is not None and not anc and n >= 20
+                            and rraw[0] == 0x45 and (rraw[2] << 8) | rraw[3] == n
+                            and not total(rhdr) % 0xFFFF and rdst[0] & mask_n == net_n):
+                        try:
+                            write(tfd, rwhole[:off + n])
+                        except OSError:
+                            drops[DropReason.TUN_WRITE_FAILED] += 1
+                        else:
+                            e[2] += 1
+                            e[3] += n
+                    else:
+                        rslow(n, anc, host)
                 else:
-                    c = peers.get(peer[0]) or self.peer_counters(peer[0])
-                    c[0] += 1
-                    c[1] += n - off
-            else:
-                one(view[:n])
-            if poll(0):
-                set_blocking(fd, False)
-                while not self._stopping and drain(BATCH) == BATCH:
-                    pass
-                set_blocking(fd, True)
+                    if tun_busy:
+                        tun_ready = on_tun(BATCH) > 1
+                        continue
+                    tun_ready = True
+                    try:
+                        n = readv(tfd, tbufs)
+                    except BlockingIOError:
+                        continue
+                    if ((e := fast.get(tdst[0]) or miss(view[off + 16:off + 20])) is not None
+                            and raw[off] == 0x45 and lo <= n <= limit and (ttl := raw[at_ttl]) > 1
+                            and not vnet[0] & VNET_GSO_OR_CSUM):
+                        raw[at_ttl] = ttl - 1
+                        thc[0] = (thc[0] + step) % 0xFFFF  # RFC 1624, see CSUM_TTL_STEP
+                        try:
+                            sendto(view[off:n], e[4])
+                        except OSError:
+                            drops[DropReason.SEND_FAILED] += 1
+                        else:
+                            e[0] += 1
+                            e[1] += n - off
+                    else:
+                        one(view[:n])
+            tun_busy, sock_busy = tun_ready, sock_ready
 
     # The drains inline the common case (IPv4 without options, TTL > 1, a route / a leased
     # sender, valid header checksum, destination ours): every extra call or attribute look-up
@@ -288,6 +376,28 @@ class Datapath:
         c = self.peer_counters(v.peer[0])
         c[0] += 1
         c[1] += len(pkt)
+
+    def sock_slow_path(self, n: int, anc: list[tuple[int, int, bytes]], host: str) -> None:
+        """A datagram the poll thread's inline checks did not take: an offload train, or one
+        packet validated (and its drop counted) by `core`."""
+        gso = self._gso
+        if gso is not None:
+            if anc:
+                gso.receive_train(n, anc, host)
+                return
+            pkt, whole = gso.rview[:n], memoryview(gso.rbuf)[:VNET_HDR_LEN + n]
+        else:
+            pkt = whole = self._rx_view[:n]
+        if not core.accept_received(pkt, host, self.routes, self.local, self.drops):
+            return
+        try:
+            os.write(self.tun.fd, whole)
+        except OSError:
+            self.drops[DropReason.TUN_WRITE_FAILED] += 1
+            return
+        c = self.peers.get(host) or self.peer_counters(host)
+        c[2] += 1
+        c[3] += n
 
     def _on_sock(self, budget: int = BATCH) -> int:
         recv, view, raw, fd, write = self.sock.recvfrom_into, self._rx_view, self._rx_buf, \
@@ -389,8 +499,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offload", action="store_true", help="IFF_VNET_HDR + TSO + UDP GSO/GRO")
     p.add_argument("--control", help="unix socket path for set_route/del_route/stats")
     p.add_argument("--bufsize", type=int, default=SOCKET_BUFFER)
-    p.add_argument("--io", choices=IO_MODES, default="threads",
-                   help="one blocking thread per direction, or two asyncio readers")
+    p.add_argument("--io", choices=IO_MODES, default="poll",
+                   help="one poll() thread beside the event loop, or two asyncio readers")
     p.add_argument("--ready-file", help="touched once the datapath forwards")
     return p.parse_args(argv)
 

@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 import sys
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,9 +41,9 @@ class Datapath(Protocol):
     local: core.LocalSubnet
     routes: core.RouteTable
     drops: list[int]
-    peers: dict[str, list[int]]
+    peers: dict[str, list[Any]]
 
-    def peer_counters(self, host: str) -> list[int]: ...
+    def peer_counters(self, host: str) -> list[Any]: ...
 
     def write_tun(self, pkt: bytes) -> None: ...
 
@@ -331,7 +331,7 @@ class OffloadPath:
             except BlockingIOError:
                 return i
             if anc:  # a UDP_GRO train of segments
-                self._receive_train(n, anc, host)
+                self.receive_train(n, anc, host)
                 continue
             # one packet: validate inline (see Datapath._on_sock), write behind the zero vnet hdr
             if not (host in routes.leased and n >= 20 and raw[0] == 0x45
@@ -349,7 +349,7 @@ class OffloadPath:
             c[3] += n
         return budget
 
-    def _receive_train(self, n: int, anc: list[tuple[int, int, bytes]], host: str) -> None:
+    def receive_train(self, n: int, anc: list[tuple[int, int, bytes]], host: str) -> None:
         dp, view, local = self.dp, self.rview, self.dp.local
         if host not in dp.routes.leased:
             dp.drops[DropReason.SOURCE_NO_LEASE] += 1

@@ -10,7 +10,7 @@ which stay monotonic. Drop reasons fold into the daemon's closed label set `DROP
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Protocol
+from typing import Any, Protocol
 
 from flanneld.backends.udp import core
 from flanneld.backends.udp.core import DropReason
@@ -39,7 +39,7 @@ DROP_LABELS: dict[DropReason, str] = {
 class Counters(Protocol):
     """What is read of `datapath.Datapath`."""
 
-    peers: dict[str, list[int]]
+    peers: dict[str, list[Any]]  # [tx_packets, tx_bytes, rx_packets, rx_bytes, (host, port)]
     drops: list[int]
     routes: core.RouteTable
 
@@ -51,8 +51,8 @@ def samples(dp: Counters) -> list[TrafficSample | DropSample]:
         subnet_of.setdefault(host, str(net))
     out: list[TrafficSample | DropSample] = []
     total = [0, 0, 0, 0]
-    for host, c in list(dp.peers.items()):  # list(): one C call, safe beside the threads
-        tx_p, tx_b, rx_p, rx_b = c
+    for host, c in list(dp.peers.items()):  # list(): one C call, safe beside the datapath thread
+        tx_p, tx_b, rx_p, rx_b = c[:4]
         total[0] += tx_p
         total[1] += tx_b
         total[2] += rx_p

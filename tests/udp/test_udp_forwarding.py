@@ -1,7 +1,8 @@
-"""The datapath threads (io="threads") forward and stop, over loopback (no root)."""
+"""The datapath thread (io="poll") forwards and stops, over loopback (no root)."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
-def test_threads_forward_both_ways_and_stop(offload: bool) -> None:
+def test_datapath_thread_forwards_both_ways_and_stops(offload: bool) -> None:
     a, b = lp.pair(offload)
     try:
         a.dp.start()
@@ -84,8 +85,8 @@ def wait_until(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> Non
 
 @pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
 def test_lone_packets_take_the_inline_path_or_the_checked_one(offload: bool) -> None:
-    """The TUN thread's lone-packet path: a plain packet forwarded inline; TTL 1, no route and
-    (offload) a partial checksum take the per-packet path, which counts or answers them."""
+    """The lone-packet path: a plain packet forwarded inline; TTL 1, no route and (offload) a
+    partial checksum take the per-packet path, which counts or answers them."""
     a, b = lp.pair(offload)
     got_a: list[bytes] = []
     got_b: list[bytes] = []
@@ -114,6 +115,71 @@ def test_lone_packets_take_the_inline_path_or_the_checked_one(offload: bool) -> 
             assert out[8] == 63 and out[28:] == b"partial" and out[26:28] != b"\0\0"
             assert core.checksum(out[20:], ph) == 0  # finished: verifies with the pseudo header
         assert a.dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == (2 if offload else 1)
+    finally:
+        a.dp.stop()
+        b.dp.stop()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_received_datagrams_are_checked_before_the_tun(offload: bool) -> None:
+    """What the running datapath takes from the underlay: a valid packet from a leased host
+    reaches the TUN; a bad header checksum, a destination outside our subnet, an unleased
+    sender and garbage are counted, never written."""
+    a, b = lp.pair(offload)
+    port = b.dp.sock.getsockname()[1]
+    leased = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    leased.bind(("127.0.0.1", 0))
+    stranger.bind(("127.0.0.2", 0))
+    got: list[bytes] = []
+    try:
+        b.dp.start()
+        good = lp.udp_packet("10.244.1.2", "10.244.2.2", b"good")
+        bad_sum = bytearray(good)
+        bad_sum[10] ^= 0xFF
+        for pkt in (bytes(bad_sum), lp.udp_packet("10.244.1.2", "10.244.3.2", b"elsewhere"),
+                    b"\x45garbage"):
+            leased.sendto(pkt, ("127.0.0.1", port))
+        stranger.sendto(good, ("127.0.0.1", port))
+        leased.sendto(good, ("127.0.0.1", port))
+        wait_until(lambda: collect(b, got), "the valid packet")
+        drops = b.dp.stats()["drops"]
+        wait_until(lambda: b.dp.stats()["drops"]["source_no_lease"] == 1, "the stranger's drop")
+        drops = b.dp.stats()["drops"]
+        assert (drops["bad_header_checksum"], drops["destination_not_local"], drops["truncated"]) \
+            == (1, 1, 1)
+        assert got == [good]
+        assert b.dp.stats()["peers"]["127.0.0.1"]["rx_packets"] == 1
+    finally:
+        b.dp.stop()
+        leased.close()
+        stranger.close()
+        a.close()
+        b.close()
+
+
+def test_an_unexpected_error_is_logged_and_forwarding_resumes(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from flanneld.backends.udp import datapath
+
+    monkeypatch.setattr(datapath, "RETRY_AFTER_ERROR", 0.01)
+    a, b = lp.pair()
+    got: list[bytes] = []
+    try:
+        def broken(pkt: memoryview) -> None:
+            raise RuntimeError("a bug in the slow path")
+
+        monkeypatch.setattr(a.dp, "tun_slow_path", broken)
+        a.dp.start()
+        b.dp.start()
+        a.inject(lp.udp_packet("10.244.1.2", "10.244.2.2", b"ttl", ttl=1))  # slow path: raises
+        wait_until(lambda: "a bug in the slow path" in caplog.text, "the logged error")
+        a.inject(lp.udp_packet("10.244.1.2", "10.244.2.2", b"after"))
+        wait_until(lambda: collect(b, got), "forwarding after the error")
+        assert got == [lp.udp_packet("10.244.1.2", "10.244.2.2", b"after", ttl=63)]
+        assert a.dp._thread is not None and a.dp._thread.is_alive()
     finally:
         a.dp.stop()
         b.dp.stop()

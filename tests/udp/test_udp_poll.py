@@ -1,0 +1,82 @@
+"""The poll thread's inline path: its TTL/checksum arithmetic and its route cache (no root)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from flanneld.backends.udp import core
+from flanneld.backends.udp.datapath import CSUM_TTL_STEP, native_u32
+
+sys.path.insert(0, str(Path(__file__).parent))
+import loopback_pair as lp
+
+pytestmark = pytest.mark.unit
+
+
+def test_native_ttl_patch_matches_rfc1624_for_every_checksum() -> None:
+    """The inline path's `(HC + step) % 0xffff` on a native-order view equals core's RFC 1624
+    patch for all 65536 checksum values (valid or not: the update is incremental)."""
+    for hc in range(65536):
+        pkt = bytearray(20)
+        pkt[0], pkt[8], pkt[9] = 0x45, 64, core.PROTO_UDP
+        pkt[10:12] = hc.to_bytes(2, "big")
+        inline = bytearray(pkt)
+        assert core.decrement_ttl(pkt)
+        view = memoryview(inline)[10:12].cast("H")
+        inline[8] -= 1
+        view[0] = (view[0] + CSUM_TTL_STEP) % 0xFFFF
+        view.release()
+        assert inline == pkt, f"checksum {hc:#06x}"
+
+
+def test_native_u32_reads_like_a_view() -> None:
+    pkt = bytes([0, 0, 0, 0, 10, 244, 2, 7])
+    assert memoryview(pkt)[4:8].cast("I")[0] & native_u32(0xFFFFFF00) == native_u32(0x0AF40200)
+
+
+def test_route_cache_follows_route_changes() -> None:
+    a, b = lp.pair()
+    try:
+        dp = a.dp
+        dst = memoryview(bytes([10, 244, 2, 9]))
+        entry = dp._route_miss(dst)
+        assert entry is not None and entry[4] == ("127.0.0.1", b.dp.sock.getsockname()[1])
+        assert dp._fast == {dst.cast("I")[0]: entry}
+        assert dp._leased == {"127.0.0.1": entry}
+        entry[0] += 5  # counters live in the entry and survive route changes
+        dp.set_route("10.244.3.0/24", "127.0.0.2")
+        assert dp._fast == {}
+        assert set(dp._leased) == {"127.0.0.1", "127.0.0.2"}
+        assert dp.del_route("10.244.2.0/24")
+        assert dp._route_miss(dst) is None and dp._fast == {}
+        assert set(dp._leased) == {"127.0.0.2"}
+        assert dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == 5
+    finally:
+        a.close()
+        b.close()
+
+
+def test_route_miss_racing_a_route_change_leaves_no_stale_entry() -> None:
+    """A cache fill computed from the old table while the control side changes the routes is
+    undone: the next packet looks the route up again."""
+    a, b = lp.pair()
+    try:
+        dp = a.dp
+
+        class Racing(core.RouteTable):
+            def lookup(self, dst: int) -> tuple[str, int] | None:
+                peer = super().lookup(dst)
+                dp.del_route("10.244.2.0/24")  # the control side, between lookup and fill
+                return peer
+
+        racing = Racing()
+        racing.set("10.244.2.0/24", "127.0.0.1", 8285)
+        dp.routes = racing
+        assert dp._route_miss(memoryview(bytes([10, 244, 2, 9]))) is not None  # old answer
+        assert dp._fast == {}  # ... but not remembered
+    finally:
+        a.close()
+        b.close()
