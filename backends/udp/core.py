@@ -214,13 +214,16 @@ class RouteTable:
     Flannel uses one SubnetLen per network, so the hot path is one `dst & mask` and one dict get;
     a second length (config change) costs one more probe. Lookups see either the old or the new
     state of a concurrent update, never a half-built one (each update replaces a dict entry).
+    A change costs O(1) (plus the number of prefix lengths): `leased` follows per-host route
+    counts, so thousands of routes are set without re-walking the table each time.
     """
 
-    __slots__ = ("_masks", "_tables", "leased")
+    __slots__ = ("_hosts", "_masks", "_tables", "leased")
 
     def __init__(self) -> None:
         self._tables: dict[int, dict[int, tuple[str, int]]] = {}
         self._masks: tuple[tuple[int, dict[int, tuple[str, int]]], ...] = ()
+        self._hosts: dict[str, int] = {}  # underlay host -> number of subnets routed to it
         # underlay hosts holding a lease: received datagrams must come from one of them
         self.leased: set[str] = set()
 
@@ -230,19 +233,46 @@ class RouteTable:
             for plen, t in sorted(self._tables.items(), reverse=True)
             if t
         )
-        self.leased = {host for t in self._tables.values() for host, _ in t.values()}
 
-    def set(self, subnet: str | ipaddress.IPv4Network, host: str, port: int) -> None:
+    def _count(self, host: str, delta: int) -> None:
+        n = self._hosts.get(host, 0) + delta
+        if n > 0:
+            self._hosts[host] = n
+            self.leased.add(host)
+        else:
+            self._hosts.pop(host, None)
+            self.leased.discard(host)
+
+    def set(self, subnet: str | ipaddress.IPv4Network, host: str,
+            port: int) -> tuple[str, int] | None:
+        """Route `subnet` to (host, port); returns the route it replaced, if any."""
         net = ipaddress.IPv4Network(subnet)
         str(ipaddress.IPv4Address(host))  # validate
-        self._tables.setdefault(net.prefixlen, {})[int(net.network_address)] = (host, port)
-        self._reindex()
+        table = self._tables.setdefault(net.prefixlen, {})
+        key = int(net.network_address)
+        old = table.get(key)
+        if old is None or old[0] != host:
+            self._count(host, +1)  # before the route: a new peer's datagrams are welcome first
+        table[key] = (host, port)
+        if old is not None and old[0] != host:
+            self._count(old[0], -1)
+        if old is None and len(table) == 1:
+            self._reindex()
+        return old
+
+    def remove(self, subnet: str | ipaddress.IPv4Network) -> tuple[str, int] | None:
+        """Delete the route of `subnet`; returns it (None: there was none)."""
+        net = ipaddress.IPv4Network(subnet)
+        table = self._tables.get(net.prefixlen)
+        old = table.pop(int(net.network_address), None) if table is not None else None
+        if old is not None:
+            self._count(old[0], -1)
+            if not table:
+                self._reindex()
+        return old
 
     def delete(self, subnet: str | ipaddress.IPv4Network) -> bool:
-        net = ipaddress.IPv4Network(subnet)
-        found = self._tables.get(net.prefixlen, {}).pop(int(net.network_address), None)
-        self._reindex()
-        return found is not None
+        return self.remove(subnet) is not None
 
     def lookup(self, dst: int) -> tuple[str, int] | None:
         for mask, table in self._masks:

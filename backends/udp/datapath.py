@@ -132,28 +132,25 @@ class Datapath:
 
     # -- control interface ----------------------------------------------------------------
     def set_route(self, subnet: str, underlay: str, port: int | None = None) -> None:
-        self.routes.set(subnet, underlay, self.port if port is None else port)
-        self._routes_changed()
+        addr = (underlay, self.port if port is None else port)
+        old = self.routes.set(subnet, *addr)  # validates; the slow paths follow it at once
+        entry = self.peer_counters(underlay)
+        entry[4] = addr
+        self._leased[underlay] = entry
+        self._routes_changed(old)
 
     def del_route(self, subnet: str) -> bool:
-        found = self.routes.delete(subnet)
-        self._routes_changed()
-        return found
+        old = self.routes.remove(subnet)
+        self._routes_changed(old)
+        return old is not None
 
-    def _routes_changed(self) -> None:
-        """Bring the inline path's tables in line with `routes`, one atomic step at a time:
-        new hosts are added before gone ones are removed (a lookup sees the old or the new
-        state), the route cache starts over (a fill racing with this change is undone by
-        `_route_miss`, which sees the generation move)."""
-        hosts: dict[str, tuple[str, int]] = {}
-        for _net, (host, port) in self.routes.items():
-            hosts.setdefault(host, (host, port))
-        for host, addr in hosts.items():
-            entry = self.peer_counters(host)
-            entry[4] = addr
-            self._leased[host] = entry
-        for host in [h for h in self._leased if h not in hosts]:
-            self._leased.pop(host, None)
+    def _routes_changed(self, old: tuple[str, int] | None) -> None:
+        """After one route change: the host that lost its last route leaves the lease map, and
+        the route cache starts over (a fill racing with this change is undone by
+        `_route_miss`, which sees the generation move). Each step is atomic under the GIL, so
+        the datapath thread sees the old or the new state."""
+        if old is not None and old[0] not in self.routes.leased:
+            self._leased.pop(old[0], None)
         self._route_gen += 1
         self._fast.clear()
 

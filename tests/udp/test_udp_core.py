@@ -238,3 +238,42 @@ def test_fuzz_totals() -> None:
               DropReason.BAD_HEADER_CHECKSUM, DropReason.SOURCE_NO_LEASE,
               DropReason.BAD_TOTAL_LENGTH):
         assert drops[r] > 0, r
+
+
+def test_route_table_follows_hosts_per_change() -> None:
+    """`leased` is kept per change (no re-walk): a host leaves it with its last route, a
+    replaced route moves its subnet to the new host, an invalid route changes nothing."""
+    t = core.RouteTable()
+    assert t.set("10.244.2.0/24", PEER, 8285) is None
+    assert t.set("10.244.3.0/24", PEER, 8285) is None
+    assert t.set("10.244.3.0/24", "198.18.0.3", 8285) == (PEER, 8285)
+    assert t.leased == {PEER, "198.18.0.3"}
+    assert t.remove("10.244.2.0/24") == (PEER, 8285)
+    assert t.leased == {"198.18.0.3"} and t.lookup(0x0AF40201) is None
+    with pytest.raises(ValueError):
+        t.set("10.244.4.0/24", "not-an-ip", 8285)
+    assert t.leased == {"198.18.0.3"} and len(t) == 1
+    assert not t.delete("10.244.9.0/24")
+    assert t.delete("10.244.3.0/24") and t.leased == set() and len(t) == 0
+
+
+def test_route_table_changes_do_not_rewalk_the_table() -> None:
+    """5000 routes set one by one stay linear: the 5000th change touches no other route."""
+    t = core.RouteTable()
+    for i in range(5000):
+        t.set(f"10.{i >> 8}.{i & 255}.0/24", f"198.18.{i >> 8}.{(i & 255) or 1}", 8285)
+    calls = 0
+    original = core.RouteTable._reindex
+
+    def counting(self: core.RouteTable) -> None:
+        nonlocal calls
+        calls += 1
+        original(self)
+
+    core.RouteTable._reindex = counting  # type: ignore[method-assign]
+    try:
+        t.set("10.200.0.0/24", "198.18.99.1", 8285)
+        t.remove("10.200.0.0/24")
+    finally:
+        core.RouteTable._reindex = original  # type: ignore[method-assign]
+    assert calls == 0

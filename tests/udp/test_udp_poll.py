@@ -50,9 +50,14 @@ def test_route_cache_follows_route_changes() -> None:
         dp.set_route("10.244.3.0/24", "127.0.0.2")
         assert dp._fast == {}
         assert set(dp._leased) == {"127.0.0.1", "127.0.0.2"}
+        dp.set_route("10.244.3.0/24", "127.0.0.3")  # the subnet moves: 127.0.0.2 holds nothing
+        assert set(dp._leased) == {"127.0.0.1", "127.0.0.3"}
+        with pytest.raises(ValueError):
+            dp.set_route("10.244.4.0/24", "not-an-address")
+        assert set(dp._leased) == {"127.0.0.1", "127.0.0.3"}
         assert dp.del_route("10.244.2.0/24")
         assert dp._route_miss(dst) is None and dp._fast == {}
-        assert set(dp._leased) == {"127.0.0.2"}
+        assert set(dp._leased) == {"127.0.0.3"}
         assert dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == 5
     finally:
         a.close()
