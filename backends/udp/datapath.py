@@ -116,12 +116,13 @@ class Datapath:
         # the poll thread's inline path: leased host -> its peers entry, and a per-destination
         # route cache (native-order address -> peers entry), both mutated in place
         self._leased: dict[str, list[Any]] = {}
-        self._fast: dict[int, list[Any]] = {}
+        self.fast_routes: dict[int, list[Any]] = {}
         self._route_gen = 0
         self.offload = tun.vnet_hdr if offload is None else offload
         # one buffer per direction (a received packet's answer is read while it is written)
         self._buf = bytearray(65536 + 16)
         self._view = memoryview(self._buf)
+        self._tdst = self._view[16:20].cast("I")  # destination, as the route cache keys it
         self._rx_buf = bytearray(65536 + 16)
         self._rx_view = memoryview(self._rx_buf)
         self._gso: Any = None
@@ -147,16 +148,21 @@ class Datapath:
     def _routes_changed(self, old: tuple[str, int] | None) -> None:
         """After one route change: the host that lost its last route leaves the lease map, and
         the route cache starts over (a fill racing with this change is undone by
-        `_route_miss`, which sees the generation move). Each step is atomic under the GIL, so
+        `route_miss`, which sees the generation move). Each step is atomic under the GIL, so
         the datapath thread sees the old or the new state."""
         if old is not None and old[0] not in self.routes.leased:
             self._leased.pop(old[0], None)
         self._route_gen += 1
-        self._fast.clear()
+        self.fast_routes.clear()
 
-    def _route_miss(self, dst: memoryview) -> list[Any] | None:
+    def route_entry(self, dst: memoryview) -> list[Any] | None:
+        """The peers entry routing destination `dst` (4 bytes), through the route cache; the
+        hot loops inline this as ``fast_routes.get(view[0]) or route_miss(dst)``."""
+        return self.fast_routes.get(int.from_bytes(dst, sys.byteorder)) or self.route_miss(dst)
+
+    def route_miss(self, dst: memoryview) -> list[Any] | None:
         """Route cache miss of the poll thread: look `dst` (4 bytes) up, remember the entry."""
-        gen, fast = self._route_gen, self._fast
+        gen, fast = self._route_gen, self.fast_routes
         peer = self.routes.lookup(int.from_bytes(dst, "big"))
         if peer is None:
             return None
@@ -251,18 +257,18 @@ class Datapath:
         poll, readv, sendto, recv, write = poller.poll, os.readv, self.sock.sendto, \
             self.sock.recvmsg_into, os.write
         on_tun, on_sock = self.handlers()
-        fast, leased, drops, miss = self._fast, self._leased, self.drops, self._route_miss
+        fast, leased, drops, miss = self.fast_routes, self._leased, self.drops, self.route_miss
         mask_n, net_n = native_u32(self.local.mask), native_u32(self.local.network)
         gso = self._gso
         if gso is not None:
-            raw, view, off, one = gso.buf, gso.view, VNET_HDR_LEN, gso.tun_one
+            raw, view, off, one, tdst = gso.buf, gso.view, VNET_HDR_LEN, gso.tun_one, gso.tdst
             rbufs, rwhole, space = gso.rbufs, memoryview(gso.rbuf), gso.cmsg_space
         else:
-            raw, view, off, one = self._buf, self._view, 0, self.tun_slow_path
+            raw, view, off, one, tdst = self._buf, self._view, 0, self.tun_slow_path, self._tdst
             rbufs, rwhole, space = [self._rx_view], self._rx_view, 0
         tbufs, rpkt, rslow = [raw], rbufs[0], self.sock_slow_path
-        rraw, rhdr, rdst = rpkt, rpkt[:20].cast("I"), rpkt[16:20].cast("I")
-        tdst, thc = view[off + 16:off + 20].cast("I"), view[off + 10:off + 12].cast("H")
+        rhdr, rdst = rpkt[:20].cast("I"), rpkt[16:20].cast("I")
+        thc = view[off + 10:off + 12].cast("H")
         # offload: the virtio-net header's flags and gso_type (no GSO, no partial checksum)
         vnet = view[:2].cast("H") if off else memoryview(bytearray(2)).cast("H")
         lo, limit, at_ttl, step, total = off + 20, self.mtu + off, off + 8, CSUM_TTL_STEP, sum
@@ -283,7 +289,7 @@ class Datapath:
                     # (native-order words: the ones' complement sum is byte-order independent),
                     # destination in our subnet
                     if ((e := leased.get(host)) is not None and not anc and n >= 20
-                            and rraw[0] == 0x45 and (rraw[2] << 8) | rraw[3] == n
+                            and rpkt[0] == 0x45 and (rpkt[2] << 8) | rpkt[3] == n
                             and not total(rhdr) % 0xFFFF and rdst[0] & mask_n == net_n):
                         try:
                             write(tfd, rwhole[:off + n])
@@ -325,16 +331,16 @@ class Datapath:
     # else takes the slow path through `core`, which also counts the drops.
 
     def _on_tun(self, budget: int = BATCH) -> int:
-        fd, bufs, view, raw = self.tun.fd, [self._buf], self._view, self._buf
-        sendto, mtu, lookup, peers, readv = self.sock.sendto, self.mtu, self.routes.lookup, \
-            self.peers, os.readv
+        fd, bufs, view, raw, tdst = self.tun.fd, [self._buf], self._view, self._buf, self._tdst
+        sendto, mtu, fast, miss, readv = self.sock.sendto, self.mtu, self.fast_routes, \
+            self.route_miss, os.readv
         for i in range(budget):
             try:
                 n = readv(fd, bufs)
             except BlockingIOError:
                 return i
             ttl = raw[8]
-            peer = lookup(int.from_bytes(raw[16:20], "big")) \
+            peer = (fast.get(tdst[0]) or miss(view[16:20])) \
                 if 20 <= n <= mtu and raw[0] == 0x45 and ttl > 1 else None
             if peer is None:
                 self.tun_slow_path(view[:n])
@@ -346,13 +352,12 @@ class Datapath:
             raw[10] = hc >> 8
             raw[11] = hc & 0xFF
             try:
-                sendto(view[:n], peer)
+                sendto(view[:n], peer[4])
             except OSError:
                 self.drops[DropReason.SEND_FAILED] += 1
                 continue
-            c = peers.get(peer[0]) or self.peer_counters(peer[0])
-            c[0] += 1
-            c[1] += n
+            peer[0] += 1
+            peer[1] += n
         return budget
 
     def tun_slow_path(self, pkt: memoryview) -> None:

@@ -43,7 +43,13 @@ class Datapath(Protocol):
     drops: list[int]
     peers: dict[str, list[Any]]
 
+    fast_routes: dict[int, list[Any]]
+
     def peer_counters(self, host: str) -> list[Any]: ...
+
+    def route_entry(self, dst: memoryview) -> list[Any] | None: ...
+
+    def route_miss(self, dst: memoryview) -> list[Any] | None: ...
 
     def write_tun(self, pkt: bytes) -> None: ...
 
@@ -64,7 +70,7 @@ MAX_GSO_SEGS = 64  # UDP_MAX_SEGMENTS of older kernels
 TCP_FIN, TCP_PSH, TCP_ACK, TCP_CWR = 0x01, 0x08, 0x10, 0x80
 BATCH = 64
 NO_UDP_GSO = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP})  # sendmsg(UDP_SEGMENT)
-NO_PEER = ("", 0)
+NO_PEER: list[Any] = []  # "no train yet": never a peers entry
 BYTEORDER = sys.byteorder  # cmsg data is in host order
 
 
@@ -166,6 +172,7 @@ class OffloadPath:
         dp.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         self.buf = bytearray(VNET_HDR_LEN + 65536)
         self.view = memoryview(self.buf)
+        self.tdst = self.view[VNET_HDR_LEN + 16:VNET_HDR_LEN + 20].cast("I")  # route cache key
         self.out = np.zeros(65536 + 64 * 128, dtype=np.uint8)  # room for re-added headers
         self.out_view = memoryview(self.out.data).cast("B")
         self.train_view = memoryview(bytearray(MAX_GSO_BYTES))  # small packets, back to back
@@ -184,9 +191,10 @@ class OffloadPath:
         flannel sends them): one syscall per train instead of one per packet. Nothing waits
         for a train to fill: it is sent when the queue is empty or the budget used."""
         dp, fd, bufs, view, raw = self.dp, self.dp.tun.fd, [self.buf], self.view, self.buf
-        lookup, readv, limit = dp.routes.lookup, os.readv, dp.mtu + VNET_HDR_LEN
+        fast, miss, tdst = dp.fast_routes, dp.route_miss, self.tdst
+        readv, limit = os.readv, dp.mtu + VNET_HDR_LEN
         train, send = self.train_view, self._send
-        tpeer: tuple[str, int] = NO_PEER
+        tpeer: list[Any] = NO_PEER
         tseg = tcount = tlen = 0
         for i in range(budget):
             try:
@@ -207,7 +215,7 @@ class OffloadPath:
                 continue
             # the plain mode's inline path, 10 bytes further on (see Datapath._on_tun)
             ttl = raw[18]
-            peer = lookup(int.from_bytes(raw[26:30], "big")) \
+            peer = (fast.get(tdst[0]) or miss(view[26:30])) \
                 if 30 <= n <= limit and raw[10] == 0x45 and ttl > 1 else None
             if peer is None:
                 if tcount:
@@ -270,7 +278,7 @@ class OffloadPath:
         if pkt[0] >> 4 != 4:
             dp.drops[DropReason.NOT_IPV4] += 1
             return
-        peer = dp.routes.lookup(int.from_bytes(pkt[16:20], "big"))
+        peer = dp.route_entry(pkt[16:20])
         if peer is None:
             dp.drops[DropReason.NO_ROUTE] += 1
             reply = core.build_net_unreachable(pkt)
@@ -295,17 +303,19 @@ class OffloadPath:
             end = min(total, start + per * seglen)
             self._send(self.out_view[start:end], peer, seglen, min(per, nseg - first))
 
-    def _send(self, data: memoryview, peer: tuple[str, int], seglen: int, nseg: int) -> None:
-        sock = self.dp.sock
+    def _send(self, data: memoryview, peer: list[Any], seglen: int, nseg: int) -> None:
+        """Send `nseg` datagrams of `seglen` bytes (the last may be shorter) to the peers
+        entry `peer`, and count them in it."""
+        sock, addr = self.dp.sock, peer[4]
         try:
             if nseg == 1:
-                sock.sendto(data, peer)
+                sock.sendto(data, addr)
             elif self.udp_gso:
                 sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, seglen.to_bytes(2, BYTEORDER))],
-                              0, peer)
+                              0, addr)
             else:
                 for off in range(0, len(data), seglen):
-                    sock.sendto(data[off: off + seglen], peer)
+                    sock.sendto(data[off: off + seglen], addr)
         except OSError as e:
             if nseg > 1 and self.udp_gso and e.errno in NO_UDP_GSO:
                 # an underlay device without checksum offload refuses UDP GSO: send one by one
@@ -314,9 +324,8 @@ class OffloadPath:
                 return
             self.dp.drops[DropReason.SEND_FAILED] += nseg
             return
-        c = self.dp.peers.get(peer[0]) or self.dp.peer_counters(peer[0])
-        c[0] += nseg
-        c[1] += len(data)
+        peer[0] += nseg
+        peer[1] += len(data)
 
     # -- underlay -> TUN ------------------------------------------------------------------
     def on_sock(self, budget: int = BATCH) -> int:

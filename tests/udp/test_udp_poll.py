@@ -42,13 +42,13 @@ def test_route_cache_follows_route_changes() -> None:
     try:
         dp = a.dp
         dst = memoryview(bytes([10, 244, 2, 9]))
-        entry = dp._route_miss(dst)
+        entry = dp.route_miss(dst)
         assert entry is not None and entry[4] == ("127.0.0.1", b.dp.sock.getsockname()[1])
-        assert dp._fast == {dst.cast("I")[0]: entry}
+        assert dp.fast_routes == {dst.cast("I")[0]: entry}
         assert dp._leased == {"127.0.0.1": entry}
         entry[0] += 5  # counters live in the entry and survive route changes
         dp.set_route("10.244.3.0/24", "127.0.0.2")
-        assert dp._fast == {}
+        assert dp.fast_routes == {}
         assert set(dp._leased) == {"127.0.0.1", "127.0.0.2"}
         dp.set_route("10.244.3.0/24", "127.0.0.3")  # the subnet moves: 127.0.0.2 holds nothing
         assert set(dp._leased) == {"127.0.0.1", "127.0.0.3"}
@@ -56,7 +56,7 @@ def test_route_cache_follows_route_changes() -> None:
             dp.set_route("10.244.4.0/24", "not-an-address")
         assert set(dp._leased) == {"127.0.0.1", "127.0.0.3"}
         assert dp.del_route("10.244.2.0/24")
-        assert dp._route_miss(dst) is None and dp._fast == {}
+        assert dp.route_miss(dst) is None and dp.fast_routes == {}
         assert set(dp._leased) == {"127.0.0.3"}
         assert dp.stats()["peers"]["127.0.0.1"]["tx_packets"] == 5
     finally:
@@ -80,8 +80,8 @@ def test_route_miss_racing_a_route_change_leaves_no_stale_entry() -> None:
         racing = Racing()
         racing.set("10.244.2.0/24", "127.0.0.1", 8285)
         dp.routes = racing
-        assert dp._route_miss(memoryview(bytes([10, 244, 2, 9]))) is not None  # old answer
-        assert dp._fast == {}  # ... but not remembered
+        assert dp.route_miss(memoryview(bytes([10, 244, 2, 9]))) is not None  # old answer
+        assert dp.fast_routes == {}  # ... but not remembered
     finally:
         a.close()
         b.close()
