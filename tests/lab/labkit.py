@@ -131,8 +131,13 @@ class LabHandle:
         return etcd.etcdctl(self.names, *args, from_ns=ns)
 
     def ping(self, src_ns: str, dst: str, timeout: float = 1.0) -> bool:
-        cmd = nsexec(src_ns, ["ping", "-n", "-q", "-c", "1", "-W", f"{timeout:g}", dst])
-        return run(cmd, check=False).returncode == 0
+        return self.ping_run(src_ns, dst, "-q", timeout=timeout).returncode == 0
+
+    def ping_run(self, src_ns: str, dst: str, *args: str,
+                 timeout: float = 1.0) -> subprocess.CompletedProcess[str]:
+        """One ``ping -n -c 1`` from ``src_ns`` with extra ``args``; its output is kept."""
+        cmd = nsexec(src_ns, ["ping", "-n", "-c", "1", "-W", f"{timeout:g}", *args, dst])
+        return run(cmd, check=False)
 
     def kill_flanneld(self, node: int) -> None:
         assert daemon.kill(self.state, node), f"flanneld on n{node} was not running"

@@ -10,7 +10,6 @@ import pytest
 from labkit import FLANNELD_TEST_ARGS, LabHandle, lab_running, poll, require_flanneld
 from netnslab import lab as labmod
 from netnslab import pingmatrix
-from netnslab.proc import nsexec, run
 
 pytestmark = pytest.mark.lab
 
@@ -42,8 +41,8 @@ def test_joining_node_reachable(udp_cluster: LabHandle) -> None:
         assert udp_cluster.ping(udp_cluster.pod(node, 1).name, udp_cluster.pod_ip(n, 1))
 
 
-def _ping(ns: str, dst: str, *args: str) -> str:
-    r = run(nsexec(ns, ["ping", "-n", "-c", "1", "-W", "1", *args, dst]), check=False)
+def _ping(lab: LabHandle, ns: str, dst: str, *args: str) -> str:
+    r = lab.ping_run(ns, dst, *args)
     return r.stdout + r.stderr
 
 
@@ -53,14 +52,14 @@ def test_mtu_1472_passes_and_more_with_df_gets_frag_needed(udp_cluster: LabHandl
     pod, dst = udp_cluster.pod(1, 1).name, udp_cluster.pod_ip(2, 1)
     eth0 = udp_cluster.ipj(pod, "link", "show", "eth0")[0]
     assert eth0["mtu"] == 1472
-    assert " 0% packet loss" in _ping(pod, dst, "-M", "do", "-s", str(1472 - 28))
+    assert " 0% packet loss" in _ping(udp_cluster, pod, dst, "-M", "do", "-s", str(1472 - 28))
     udp_cluster.ip(pod, "link", "set", "eth0", "mtu", "1500")
     try:
-        out = _ping(pod, dst, "-M", "do", "-s", str(1473 - 28))
+        out = _ping(udp_cluster, pod, dst, "-M", "do", "-s", str(1473 - 28))
         assert "Frag needed" in out and "mtu = 1472" in out, out
     finally:
         udp_cluster.ip(pod, "link", "set", "eth0", "mtu", "1472")
-    assert " 0% packet loss" in _ping(pod, dst, "-M", "do", "-s", str(1472 - 28))
+    assert " 0% packet loss" in _ping(udp_cluster, pod, dst, "-M", "do", "-s", str(1472 - 28))
 
 
 def test_peer_without_lease_is_net_unreachable(udp_cluster: LabHandle) -> None:
@@ -72,9 +71,9 @@ def test_peer_without_lease_is_net_unreachable(udp_cluster: LabHandle) -> None:
     assert udp_cluster.ping(src, dst)
     udp_cluster.kill_flanneld(victim)
     udp_cluster.etcdctl("del", key)
-    poll(lambda: "Destination Net Unreachable" in _ping(src, dst), 5.0, 0.05,
+    poll(lambda: "Destination Net Unreachable" in _ping(udp_cluster, src, dst), 5.0, 0.05,
          f"net unreachable for {dst}")
     # from our datapath, which sources it from the unreachable address, not from the node's
     # kernel (that would answer from the pod gateway, 10.244.x.1)
-    assert f"From {dst} " in _ping(src, dst)
+    assert f"From {dst} " in _ping(udp_cluster, src, dst)
     assert udp_cluster.ping(src, udp_cluster.pod_ip(2, 1))  # the others still carried
