@@ -9,6 +9,7 @@ after an ambiguous create, so a retried transaction cannot make it lose its own 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -23,7 +24,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import aetcd
 from aetcd import exceptions as etcd_exc
-from aetcd import rpc, transactions
+from aetcd import rpc, transactions, utils
 
 from flanneld.errors import ConfigError, FlannelError, StoreUnavailableError
 from flanneld.store import (
@@ -57,6 +58,19 @@ _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
+# grpc refuses to receive a message over 4 MiB by default, and a prefix listing or a watch
+# response batching several events is one message: a few big junk keys under subnets/ would
+# stop the daemon from starting.  Go's clientv3 receives up to 2 GiB; we allow 64 MiB, which is
+# far over any single value etcd accepts (--max-request-bytes, 1.5 MiB by default), and page
+# listings (below) so the size of the whole prefix does not matter.  Sends are our own small
+# requests; the same bound only keeps a runaway one from being streamed to etcd.
+DEFAULT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_SEND_BYTES = 64 * 1024 * 1024
+# Keys per listing page to start with; halved (down to 1) while a page is over the receive limit.
+DEFAULT_LIST_PAGE_KEYS = 500
+# Start a listing over at most this many times when etcd compacts its revision meanwhile.
+_LIST_RESTARTS = 5
+
 
 class EtcdNotFoundError(FlannelError):
     """etcd answered that the object (e.g. an etcd lease) does not exist."""
@@ -64,6 +78,22 @@ class EtcdNotFoundError(FlannelError):
 
 class StoreAuthError(StoreUnavailableError):
     """etcd refused our credentials; retrying another endpoint does not help."""
+
+
+class _PageError(Exception):
+    """A listing page failed in a way the paging loop handles (not the endpoint's fault)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _PageTooLargeError(_PageError):
+    """The page's response was over our grpc receive limit."""
+
+
+class _PageCompactedError(_PageError):
+    """The listing's revision was compacted away between two pages."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +159,22 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         finally:
             rpc.insecure_channel = real_insecure
 
+    async def range_page(self, key: bytes, range_end: bytes, limit: int, revision: int) -> Any:
+        """One Range call (aetcd's get_range has no limit or revision): up to ``limit`` keys in
+        [key, range_end) in key order, at ``revision`` (0: the current one)."""
+        await self.connect()
+        request = rpc.RangeRequest(key=key, range_end=range_end, limit=limit, revision=revision)
+        try:
+            return await self.kvstub.Range(request, timeout=self._timeout, metadata=self.metadata)
+        except rpc.AioRpcError as exc:
+            code, detail = exc.code(), exc.details() or ""
+            # etcd's own "too many requests" is RESOURCE_EXHAUSTED too: an endpoint failure.
+            if code == rpc.StatusCode.RESOURCE_EXHAUSTED and "too many requests" not in detail:
+                raise _PageTooLargeError(detail) from None
+            if code == rpc.StatusCode.OUT_OF_RANGE and "compacted" in detail:
+                raise _PageCompactedError(detail) from None
+            raise
+
 
 def _grpc_credentials(tls: TLSFiles) -> Any:
     import grpc
@@ -181,17 +227,25 @@ class EtcdStore:
         username: str | None = None,
         password: str | None = None,
         observer: RequestObserver | None = None,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        max_send_bytes: int = DEFAULT_MAX_SEND_BYTES,
+        list_page_keys: int = DEFAULT_LIST_PAGE_KEYS,
     ) -> None:
         if any(ep.scheme == "https" for ep in endpoints) and tls is None:
             raise ConfigError(
                 "https etcd endpoints need --etcd-cafile, --etcd-certfile and --etcd-keyfile"
             )
+        if min(max_receive_bytes, max_send_bytes, list_page_keys) < 1:
+            raise ValueError("message limits and the page size must be positive")
         self._endpoints = list(endpoints)
         self._timeout = timeout
         self._credentials = _grpc_credentials(tls) if tls is not None else None
         self._username = username
         self._password = password
         self._observer = observer
+        self._max_receive_bytes = max_receive_bytes
+        self._max_send_bytes = max_send_bytes
+        self._list_page_keys = list_page_keys
         self._clients: dict[int, _Client] = {}
         self._current = 0
 
@@ -210,7 +264,11 @@ class EtcdStore:
                 password=self._password,
                 timeout=max(1, round(self._timeout)),
                 credentials=self._credentials,
-                options=dict(_CHANNEL_OPTIONS),
+                options={
+                    **dict(_CHANNEL_OPTIONS),
+                    "grpc.max_receive_message_length": self._max_receive_bytes,
+                    "grpc.max_send_message_length": self._max_send_bytes,
+                },
             )
             self._clients[index] = client
         return client
@@ -227,6 +285,9 @@ class EtcdStore:
             started = time.monotonic()
             try:
                 result = await asyncio.wait_for(fn(self._client(index)), self._timeout + 1)
+            except _PageError:
+                self._observe(op, "error", started)
+                raise
             except etcd_exc.UnauthenticatedError as exc:
                 self._observe(op, "error", started)
                 raise StoreAuthError(
@@ -302,6 +363,7 @@ class EtcdStore:
             value=bytes(kv.value),
             lease_id=int(kv.lease),
             mod_revision=int(kv.mod_revision),
+            create_revision=int(kv.create_revision),
         )
 
     async def get(self, key: str) -> KeyValue | None:
@@ -309,8 +371,48 @@ class EtcdStore:
         return None if got is None else self._kv(got)
 
     async def list_prefix(self, prefix: str) -> Snapshot:
-        resp = await self._call("list", lambda c: c.get_prefix(prefix.encode()))
-        return Snapshot(tuple(self._kv(kv) for kv in resp), int(resp.header.revision))
+        """Every key under ``prefix`` at one revision, read in pages so any total size works."""
+        for _ in range(_LIST_RESTARTS):
+            try:
+                return await self._list_pages(prefix)
+            except _PageCompactedError as exc:
+                log.info("etcd compacted the listing of %s while paging (%s); listing again",
+                         prefix, exc.detail)
+        raise StoreUnavailableError(
+            f"etcd list of {prefix}: the revision was compacted {_LIST_RESTARTS} times while paging"
+        )
+
+    async def _list_pages(self, prefix: str) -> Snapshot:
+        # etcd has no empty key: the empty prefix is the range from "\0" to the end ("\0").
+        start = prefix.encode() or b"\0"
+        end = utils.prefix_range_end(start) if prefix else b"\0"
+        limit = self._list_page_keys
+        revision = 0  # the first page reads the current revision; the others are pinned to it
+        kvs: list[KeyValue] = []
+        while True:
+            try:
+                page = functools.partial(
+                    _Client.range_page, key=start, range_end=end, limit=limit, revision=revision
+                )
+                resp = await self._call("list", page)
+            except _PageTooLargeError as exc:
+                if limit == 1:
+                    where = f"the first key after {kvs[-1].key}" if kvs else "its first key"
+                    raise StoreUnavailableError(
+                        f"etcd list of {prefix}: {where} is larger than the grpc receive limit "
+                        f"of {self._max_receive_bytes} bytes ({exc.detail})"
+                    ) from None
+                limit = max(1, limit // 2)
+                log.debug("etcd list of %s: page too large (%s), now %d keys a page",
+                          prefix, exc.detail, limit)
+                continue
+            if not revision:
+                revision = int(resp.header.revision)
+            kvs.extend(self._kv(kv) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return Snapshot(tuple(kvs), revision)
+            start = bytes(resp.kvs[-1].key) + b"\0"
+            del resp  # keep only the decoded pages
 
     async def grant(self, ttl: int) -> Grant:
         lease = await self._call("grant", lambda c: c.lease(ttl))
