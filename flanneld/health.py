@@ -5,8 +5,21 @@ the same listener. It is plain asyncio streams on purpose: the answer to /health
 daemon's own event loop, so a wedged loop stops answering and a liveness probe notices (a
 framework running in a thread would keep saying "running"). Requests are bounded in size and
 time so that garbage or slow clients cannot hold the loop or memory: a request head is at most
-``max_request_bytes``, must arrive within ``request_timeout`` seconds, and at most
-``max_connections`` connections are served at once (extra ones are closed at once).
+``max_request_bytes`` and must be complete within ``head_timeout`` seconds (2 s; capped by
+``request_timeout``, 5 s, which also bounds writing the answer); an incomplete head gets 408 and
+the connection is closed.
+
+Floods of idle connections must not starve the probes (a liveness probe that is refused would
+restart a healthy daemon), so there is no small cap that turns new clients away. Up to
+``max_connections`` connections are held open: by default 1024, or half the open-file soft
+limit (RLIMIT_NOFILE) if that is lower, at least 64, leaving the daemon room for its own files
+and sockets. When a new connection arrives at the limit, the *oldest* connection that has not
+yet delivered a complete request head (an idle or slow one) is evicted (closed without an
+answer) to make room; a connection whose request is being answered is never evicted. Only if
+every held connection is being answered is the new one closed at once, and answers are bounded
+in time. A prober that sends its request promptly is thus only at risk if ``max_connections``
+newer connections arrive within the few milliseconds its head is in flight; a slow client is
+closed after ``head_timeout`` at the latest.
 
 Readiness is a small :class:`Readiness` object the daemon updates (lease held, backend
 programmed, subnet.env written); it notifies listeners on change, which is how sd_notify's
@@ -18,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
+from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -25,10 +40,31 @@ log = logging.getLogger(__name__)
 
 ReadinessListener = Callable[[bool, str], None]
 
+#: Most connections held open by default; see :func:`default_max_connections`.
+MAX_CONNECTIONS = 1024
+#: Fewest connections held open by default, whatever the open-file limit says.
+MIN_CONNECTIONS = 64
+#: Seconds a client has to send its complete request head by default.
+HEAD_TIMEOUT = 2.0
+
+
+def default_max_connections() -> int:
+    """1024, or half the open-file soft limit if that is lower (at least 64): the rest of the
+    descriptors stay for the daemon's own files, sockets and etcd connections."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return MAX_CONNECTIONS
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, soft // 2))
+
 
 class Readiness:
     """What /readyz reports: ready once the lease is held, the backend programmed and
-    subnet.env written; not ready again while the lease is lost.
+    subnet.env written; not ready again while the lease is lost or in conflict (our key holds
+    someone else's value), while writing subnet.env fails, and while etcd has been
+    unreachable for longer than the daemon's bound (``--etcd-unreachable-not-ready``).
 
     ``reason`` is a short operator-facing text ("ready", "waiting for: lease, subnet.env",
     "lease lost"), also used as sd_notify's STATUS=.
@@ -39,12 +75,17 @@ class Readiness:
         self.backend_programmed = False
         self.subnet_file_written = False
         self._lease_lost = False
+        # Problems that make a node with a lease not ready (None: no problem).
+        self.lease_conflict: str | None = None  # our key rewritten by someone else
+        self.store_problem: str | None = None  # e.g. "etcd unreachable for 31s"
+        self.subnet_file_error: str | None = None  # why writing subnet.env fails
         self._listeners: list[ReadinessListener] = []
         self._last: tuple[bool, str] = (self.ready, self.reason)
 
     @property
     def ready(self) -> bool:
-        return self.lease_held and self.backend_programmed and self.subnet_file_written
+        return (self.lease_held and self.backend_programmed and self.subnet_file_written
+                and self.lease_conflict is None and self.store_problem is None)
 
     @property
     def reason(self) -> str:
@@ -52,6 +93,11 @@ class Readiness:
             return "ready"
         if self._lease_lost and not self.lease_held:
             return "lease lost"
+        problems = [p for p in (self.lease_conflict, self.store_problem) if p is not None]
+        if not self.subnet_file_written and self.subnet_file_error is not None:
+            problems.append(f"subnet.env not written: {self.subnet_file_error}")
+        if problems:
+            return "; ".join(problems)
         missing = [
             name
             for name, ok in (
@@ -81,8 +127,20 @@ class Readiness:
         self.backend_programmed = programmed
         self._changed()
 
-    def set_subnet_file_written(self, written: bool) -> None:
+    def set_subnet_file_written(self, written: bool, error: str | None = None) -> None:
+        """Written, or not with ``error`` saying why (shown by /readyz)."""
         self.subnet_file_written = written
+        self.subnet_file_error = None if written else error
+        self._changed()
+
+    def set_lease_conflict(self, conflict: str | None) -> None:
+        """Our lease key holds someone else's value (text shown by /readyz), or None."""
+        self.lease_conflict = conflict
+        self._changed()
+
+    def set_store_problem(self, problem: str | None) -> None:
+        """The store has been unreachable too long (text shown by /readyz), or None."""
+        self.store_problem = problem
         self._changed()
 
     def _changed(self) -> None:
@@ -108,6 +166,11 @@ class HealthServer:
 
     ``render_metrics`` is typically ``Metrics.render``; without it /metrics is 404.
     Port 0 binds an ephemeral port; :attr:`port` tells which one after :meth:`start`.
+    ``max_connections`` is how many connections are held open at most (None: see
+    :func:`default_max_connections`); at the limit the oldest one still without a complete
+    request head is evicted for a new one. ``head_timeout`` bounds the time to send the request
+    head, ``request_timeout`` the head as well and, separately, writing the answer.
+    :attr:`evicted_connections` counts evictions.
     """
 
     def __init__(
@@ -120,7 +183,8 @@ class HealthServer:
         metrics_content_type: str = "text/plain; version=0.0.4; charset=utf-8",
         request_timeout: float = 5.0,
         max_request_bytes: int = 8192,
-        max_connections: int = 64,
+        max_connections: int | None = None,
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         self.readiness = readiness
         self.render_metrics = render_metrics
@@ -128,11 +192,21 @@ class HealthServer:
         self._port = port
         self.metrics_content_type = metrics_content_type
         self.request_timeout = request_timeout
+        self.head_timeout = head_timeout
         self.max_request_bytes = max_request_bytes
+        if max_connections is None:
+            max_connections = default_max_connections()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.max_connections = max_connections
+        self.evicted_connections = 0
         self._server: asyncio.Server | None = None
-        self._active = 0
+        self._active = 0  # == len(self._clients)
+        # Open connections, and in accept order (oldest first) the ones still without a
+        # complete request head: the evictable ones.
         self._clients: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
+        self._waiting: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -143,7 +217,11 @@ class HealthServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._handle, self.host, self._port, limit=self.max_request_bytes
+            self._handle,
+            self.host,
+            self._port,
+            limit=self.max_request_bytes,
+            backlog=max(128, min(self.max_connections, MAX_CONNECTIONS)),
         )
         log.info("health listener on %s:%d", self.host, self.port)
 
@@ -152,7 +230,7 @@ class HealthServer:
         if self._server is None:
             return
         self._server.close()
-        handlers = [t for t in self._clients.values() if t is not None]
+        handlers = list(self._handlers)  # evicted ones may still be ending
         for writer in list(self._clients):
             writer.transport.abort()  # the handler sees EOF and ends by itself
         if handlers:
@@ -170,15 +248,22 @@ class HealthServer:
 
     # ---- request handling --------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= self.max_connections:
-            writer.close()
+        if self._active >= self.max_connections and not self._evict_oldest_waiting():
+            writer.transport.abort()  # every held connection is being answered
             return
+        task = asyncio.current_task()
         self._active += 1
-        self._clients[writer] = asyncio.current_task()
+        self._clients[writer] = task
+        self._waiting[writer] = None
+        if task is not None:
+            self._handlers.add(task)
         try:
             try:
-                async with asyncio.timeout(self.request_timeout):
-                    method, path = await self._read_head(reader)
+                try:
+                    async with asyncio.timeout(min(self.head_timeout, self.request_timeout)):
+                        method, path = await self._read_head(reader)
+                finally:
+                    self._waiting.pop(writer, None)  # being answered now: not evictable
                 status, ctype, body = self._respond(method, path)
             except _BadRequest as exc:
                 status, ctype = exc.status, "text/plain; charset=utf-8"
@@ -186,6 +271,8 @@ class HealthServer:
             except TimeoutError:
                 status, ctype = HTTPStatus.REQUEST_TIMEOUT, "text/plain; charset=utf-8"
                 body, method = b"request timeout\n", "GET"
+            if writer not in self._clients:  # evicted while reading the head: already closed
+                return
             head = (
                 f"HTTP/1.1 {status.value} {status.phrase}\r\n"
                 f"Content-Type: {ctype}\r\n"
@@ -199,12 +286,39 @@ class HealthServer:
         except (ConnectionError, TimeoutError, OSError):
             pass
         finally:
-            self._active -= 1
-            self._clients.pop(writer, None)
+            self._forget(writer)
             writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+            try:
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
+            except (ConnectionError, TimeoutError, OSError):
+                writer.transport.abort()  # a client that does not read: drop what is left
+            finally:
+                if task is not None:
+                    self._handlers.discard(task)
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        """Stop counting ``writer`` (once, whether it ended or was evicted)."""
+        self._waiting.pop(writer, None)
+        if writer in self._clients:
+            del self._clients[writer]
+            self._active -= 1
+
+    def _evict_oldest_waiting(self) -> bool:
+        """Close the oldest connection still without a complete head; False if there is none."""
+        if not self._waiting:
+            return False
+        writer, _ = self._waiting.popitem(last=False)
+        self._forget(writer)
+        self.evicted_connections += 1
+        if self.evicted_connections == 1 or self.evicted_connections % 1000 == 0:
+            log.warning(
+                "health listener: %d connections open, evicted the oldest idle one (%d evictions so far)",
+                self.max_connections,
+                self.evicted_connections,
+            )
+        writer.transport.abort()  # its handler sees EOF, finds itself evicted and ends
+        return True
 
     async def _read_head(self, reader: asyncio.StreamReader) -> tuple[str, str]:
         """Read the request line and headers (CRLF or bare LF), bounded in total size."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
 
+from flanneld import health
 from flanneld.health import HealthServer, Readiness
 from flanneld.metrics import Metrics
 
@@ -150,26 +152,54 @@ def test_slow_client_times_out_without_blocking_others() -> None:
     run(body, request_timeout=0.3)
 
 
-def test_connection_limit() -> None:
+def test_connection_limit_evicts_the_oldest_idle() -> None:
     async def body(srv: HealthServer, _r: Readiness) -> None:
-        idle = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(2)]
-        # Let the server accept both idle connections before the third one arrives.
-        for _ in range(100):
-            if srv._active == 2:
-                break
-            await asyncio.sleep(0.01)
+        idle = []
+        for _ in range(2):
+            idle.append(await asyncio.open_connection("127.0.0.1", srv.port))
+            # Let the server accept each idle connection before the next one arrives.
+            for _ in range(100):
+                if srv._active == len(idle):
+                    break
+                await asyncio.sleep(0.01)
         assert srv._active == 2
-        assert await get(srv.port, "/healthz") == (0, b"")  # closed without an answer
-        for _, w in idle:
-            w.close()
-            await w.wait_closed()
+        try:
+            # At the limit a new client is answered; the oldest idle one makes room ...
+            assert await get(srv.port, "/healthz") == (200, b"running")
+            assert srv.evicted_connections == 1
+            async with asyncio.timeout(5):
+                assert await idle[0][0].read() == b""  # ... closed by the server, no answer
+            # ... and the newer idle one is still held.
+            assert srv._active == 1 and not idle[1][0].at_eof()
+        finally:
+            for _, w in idle:
+                w.close()
+                with contextlib.suppress(ConnectionError):
+                    await w.wait_closed()
         for _ in range(100):
             if srv._active == 0:
                 break
             await asyncio.sleep(0.01)
+        assert srv._active == 0
         assert (await get(srv.port, "/healthz"))[0] == 200
 
     run(body, max_connections=2)
+
+
+def test_default_connection_limit_follows_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def limit(soft: int) -> int:
+        monkeypatch.setattr(health.resource, "getrlimit", lambda _which: (soft, soft))
+        return HealthServer(Readiness()).max_connections
+
+    assert limit(1_048_576) == 1024
+    assert limit(health.resource.RLIM_INFINITY) == 1024
+    assert limit(1024) == 512
+    assert limit(100) == 64
+    assert HealthServer(Readiness(), max_connections=7).max_connections == 7
+    with pytest.raises(ValueError):
+        HealthServer(Readiness(), max_connections=0)
 
 
 def test_close_ends_idle_connections_cleanly(caplog: pytest.LogCaptureFixture) -> None:
