@@ -17,7 +17,7 @@ one object per daemon run, driven by the daemon in this order:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -84,6 +84,10 @@ class Backend(abc.ABC):
 
     def __init__(self, ctx: BackendContext, netlink: Netlink | None = None) -> None:
         self.ctx = ctx
+        # (subnet, gateway) of leases the daemon refused (see LeaseBook.disowned_routes): a
+        # full pass removes such routes on the external interface, which only an accepted
+        # hostile lease (or an older daemon that accepted it) can have put there.
+        self.disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset()
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:

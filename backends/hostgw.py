@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from ipaddress import IPv4Network
+from collections.abc import Collection, Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Network
 from typing import ClassVar
 
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
@@ -43,13 +43,16 @@ def plan_routes(
     *,
     ext_index: int,
     network: IPv4Network,
+    disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
 ) -> list[Op]:
     """Pure planner: one route per peer; routes via a gateway on the external interface to a
-    lease-sized subnet of the Network (not our own) that no peer wants are stale."""
+    lease-sized subnet of the Network (not our own) that no peer wants are stale, and so are
+    routes that only a refused lease explains (``disowned``: its subnet via its PublicIP)."""
     owned_route = route_owned_in(network, own.subnet.prefixlen, own.subnet, {ext_index})
 
     def owned(obj: KernelObject) -> bool:
-        return isinstance(obj, Route) and obj.gateway is not None and owned_route(obj)
+        return isinstance(obj, Route) and obj.gateway is not None and (
+            owned_route(obj) or (obj.ifindex == ext_index and (obj.dst, obj.gateway) in disowned))
 
     desired = [Route(p.subnet, ext_index, p.attrs.public_ip) for p in peers]
     return diff(desired, observed, owned)
@@ -105,7 +108,8 @@ class HostGWBackend(Backend):
             if full:
                 wanted = peer_leases(peers, own, self.handles)
                 observed = [r for r in await self._netlink.routes() if r.ifindex == ext_index]
-                ops = plan_routes(own, wanted, observed, ext_index=ext_index, network=network)
+                ops = plan_routes(own, wanted, observed, ext_index=ext_index, network=network,
+                                  disowned=self.disowned)
                 repaired = count_repaired(ops, self._applied.objects)
                 self._applied.reset(observed)
             else:

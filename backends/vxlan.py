@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from operator import attrgetter
@@ -224,17 +224,23 @@ def peer_specs(
     return specs
 
 
-def owned_by_vxlan(own: Lease, device_index: int, ext_index: int,
-                   network: IPv4Network) -> Callable[[KernelObject], bool]:
-    """Ours: routes of lease-sized subnets of the Network on the vxlan device or, via a
-    gateway, on the external interface (DirectRouting / an earlier host-gw run); permanent
-    neighbours and fdb entries on the vxlan device."""
-    route_owned = route_owned_in(network, own.subnet.prefixlen, own.subnet,
-                                 {device_index, ext_index})
+def owned_by_vxlan(
+    own: Lease, device_index: int, ext_index: int, network: IPv4Network,
+    disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
+) -> Callable[[KernelObject], bool]:
+    """Ours: every route on the vxlan device (flannel owns the device: a route to anything
+    outside the Network there, e.g. from a hostile lease an older daemon accepted, is
+    stale), and via a gateway on the external interface routes of lease-sized subnets of the
+    Network (DirectRouting / an earlier host-gw run) or of a refused lease (``disowned``);
+    permanent neighbours and fdb entries on the vxlan device."""
+    route_owned = route_owned_in(network, own.subnet.prefixlen, own.subnet, {ext_index})
 
     def owned(obj: KernelObject) -> bool:
         if isinstance(obj, Route):
-            return route_owned(obj) and (obj.ifindex == device_index or obj.gateway is not None)
+            if obj.ifindex == device_index:
+                return True
+            return obj.gateway is not None and (
+                route_owned(obj) or (obj.ifindex == ext_index and (obj.dst, obj.gateway) in disowned))
         if isinstance(obj, Neighbour):
             return obj.ifindex == device_index and obj.permanent
         if isinstance(obj, FdbEntry):
@@ -367,7 +373,8 @@ class VXLANBackend(Backend):
                 observed = await self._observe()
                 desired = [obj for spec in specs.values() for obj in peer_objects(spec)]
                 ops = diff(desired, observed, owned_by_vxlan(
-                    own, self.device_index, self.ctx.ext.index, self.ctx.netconf.network))
+                    own, self.device_index, self.ctx.ext.index, self.ctx.netconf.network,
+                    self.disowned))
                 repaired += len(ops) if recreated else count_repaired(ops,
                                                                       self._applied.objects)
                 # diff() decides ownership; keeping only these two devices bounds memory

@@ -57,7 +57,7 @@ async def _run(config: DaemonConfig) -> int:
 
     def observe(op: str, result: str, seconds: float) -> None:
         if daemon is not None:
-            daemon.metrics.etcd_result(op, result, seconds)
+            daemon.observe_store(op, result, seconds)
 
     store = make_store(config, observe)
     daemon = Daemon(config, store, resolve_interface)

@@ -45,6 +45,7 @@ class DaemonConfig:
     cni_conf_file: str = ""  # e.g. /etc/cni/net.d/10-flannel.conflist; empty: not written
     drift_interval: float = 10.0  # seconds between drift-repair passes
     resync_interval: float = 300.0  # seconds between safety-net re-lists of the leases
+    etcd_unreachable_not_ready: float = 30.0  # /readyz 503 after etcd failed this long (0: never)
     metrics_per_peer: bool = False
     log_format: str = "text"  # text | json
     verbose: int = 0
@@ -77,6 +78,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "cni-conf-file": ("str", "also write the node's CNI conflist here"),
     "drift-interval": ("float", "seconds between drift-repair passes over the datapath"),
     "resync-interval": ("float", "seconds between re-lists of all leases behind the watch"),
+    "etcd-unreachable-not-ready": ("float", "/readyz fails once etcd has been unreachable this "
+                                   "many seconds (0: never)"),
     "metrics-per-peer": ("bool", "export per-peer forwarding series"),
     "log-format": ("str", "text (key=value) or json"),
 }

@@ -1,6 +1,6 @@
 """`flannelctl`: look at and change what flannel keeps in etcd.
 
-    flannelctl subnets [-o table|json]              every lease (reservations marked)
+    flannelctl subnets [-o table|json]              every key: leases, reservations, rejected
     flannelctl subnets reserve SUBNET --public-ip IP
     flannelctl subnets release SUBNET
     flannelctl config get [-o json|yaml]
@@ -123,17 +123,42 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _subnet_rows(store: Any, prefix: str) -> list[dict[str, Any]]:
+async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
+    """The daemon's lease validation for the stored network config (None without one)."""
+    from flanneld.endpoints import etcd_addresses
+    from flanneld.lease_policy import LeasePolicy
+    from flanneld.netconfig import parse_network_config
+
+    kv = await store.get(config_key(prefix))
+    if kv is None:
+        return None
+    try:
+        netconf = parse_network_config(kv.value)
+    except FlannelError as exc:
+        print(f"flannelctl: warning: {exc}; leases are not checked against it", file=sys.stderr)
+        return None
+    return LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints))
+
+
+async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dict[str, Any]]:
+    """One row per key; ``rejected`` names the reason a daemon ignores it (as the daemon's
+    lease book decides: the same policy, first holder wins), ``error`` the detail."""
     from flanneld.lease import decode_lease_attrs
+    from flanneld.lease_book import LeaseBook
 
     snap = await store.list_prefix(subnets_prefix(prefix))
+    book = LeaseBook(await _lease_policy(store, prefix, endpoints))
+    book.load(snap.kvs, snap.revision)
     lease_ids = sorted({kv.lease_id for kv in snap.kvs if kv.lease_id})
     ttls = dict(zip(lease_ids, await asyncio.gather(*(store.time_to_live(i) for i in lease_ids)),
                     strict=True))
     now = time.time()
     rows: list[dict[str, Any]] = []
     for kv in snap.kvs:
-        row: dict[str, Any] = {"key": kv.key, "reserved": kv.lease_id == 0}
+        row: dict[str, Any] = {"key": kv.key, "reserved": kv.lease_id == 0, "rejected": None}
+        rejection = book.rejected.get(kv.key.rsplit("/", 1)[-1])
+        if rejection is not None:
+            row.update(rejected=rejection.reason.value, error=rejection.detail)
         try:
             subnet, ipv6 = parse_subnet_key(kv.key)
             row["subnet"] = str(subnet)
@@ -157,23 +182,34 @@ async def _subnet_rows(store: Any, prefix: str) -> list[dict[str, Any]]:
             ttl_seconds=ttl,
         )
         rows.append(row)
-    rows.sort(key=lambda r: (IPv4Network(r["subnet"]) if "error" not in r else IPv4Network("0.0.0.0/32")))
+    rows.sort(key=_row_order)
     return rows
 
 
+def _row_order(row: dict[str, Any]) -> tuple[int, int, int, str]:
+    """Parseable subnets in address order, then the keys that do not parse."""
+    try:
+        subnet = IPv4Network(row["subnet"])
+    except ValueError:
+        return (1, 0, 0, row["key"])
+    return (0, int(subnet.network_address), subnet.prefixlen, row["key"])
+
+
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    headers = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "TTL"]
+    headers = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "TTL", "STATUS"]
     table = []
     for r in rows:
-        if "error" in r:
-            table.append([r["subnet"], "-", "INVALID", "-", "-", r["error"]])
+        status = f"REJECTED {r['rejected']}: {r['error']}" if r.get("rejected") else "ok"
+        if r.get("public_ip") is None:
+            table.append([r["subnet"], "-", "INVALID", "-", "-", "-", status])
             continue
         if r["reserved"]:
             expires, ttl = "never", "reserved"
         else:
             expires = r["expires_at"] or "-"
             ttl = f"{r['ttl_seconds']}s" if r["ttl_seconds"] is not None else "-"
-        table.append([r["subnet"], r["public_ip"], r["backend_type"], r["vtep_mac"] or "-", expires, ttl])
+        table.append([r["subnet"], r["public_ip"], r["backend_type"], r["vtep_mac"] or "-", expires, ttl,
+                      status])
     widths = [max(len(h), *(len(str(row[i])) for row in table)) if table else len(h)
               for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
@@ -225,7 +261,7 @@ async def _run(args: argparse.Namespace) -> int:
                     return 1
                 print(f"released {subnet}", file=sys.stderr)
                 return 0
-            rows = await _subnet_rows(store, prefix)
+            rows = await _subnet_rows(store, prefix, _setting(args, "etcd-endpoints"))
             if args.output == "json":
                 print(json.dumps(rows, indent=2))
             else:

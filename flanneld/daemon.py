@@ -26,17 +26,22 @@ from flanneld.backends import backend_class
 from flanneld.backends.base import Backend, BackendContext, ExternalInterface
 from flanneld.backoff import Backoff
 from flanneld.config import DaemonConfig
+from flanneld.endpoints import etcd_addresses
 from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableError
 from flanneld.health import HealthServer, Readiness
 from flanneld.lease import Lease, LeaseAttrs
-from flanneld.lease_watch import LeaseEvent, LeaseEventKind, LeaseWatcher
+from flanneld.lease_book import LeaseBook, LeaseEvent, LeaseEventKind
+from flanneld.lease_policy import REJECT_REASONS, LeasePolicy, Rejection
+from flanneld.lease_watch import LeaseWatcher
 from flanneld.logging_setup import log_event
 from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
 from flanneld.metrics import Metrics
 from flanneld.netconfig import NetworkConfig
 from flanneld.netops import Outcome
+from flanneld.rejection_log import RejectionLog
 from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
 from flanneld.store import LeaseStore
+from flanneld.store_health import StoreHealth
 from flanneld.subnet_env import SubnetEnv, previous_subnet, write_docker_opts, write_subnet_env
 from flanneld.subnet_manager import LeaseLostError, SubnetManager
 
@@ -70,7 +75,12 @@ class Daemon:
         self.backend: Backend | None = None
         self.peers: dict[IPv4Network, Lease] = {}
         self._dirty = asyncio.Event()
-        self._lease_lost = asyncio.Event()
+        self._lease_lost = asyncio.Event()  # our key was deleted or rewritten: defend it
+        self._files_pending = asyncio.Event()  # a state file still has to be (re)written
+        self._file_error: str | None = None
+        self.store_health = StoreHealth(config.etcd_unreachable_not_ready)
+        self.rejections = RejectionLog(logging.getLogger("flanneld.leases"))
+        self.book: LeaseBook | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.masq: MasqRules | None = None
         self.exit_code = 0  # 1 when a task died; 0 after SIGTERM/SIGINT
@@ -120,16 +130,61 @@ class Daemon:
             ipmasq=self.config.ip_masq,
         )
 
-    def _write_files(self) -> None:
+    def _write_files(self) -> bool:
+        """Write subnet.env (and the docker options and CNI conflist when asked for).
+
+        Never raises: a full or read-only file system must not stop the daemon (Go warns and
+        carries on; it also used to die here after a re-acquire, orphaning the new lease).
+        On failure /readyz says why, ``flannel_file_written`` is 0, one line is logged per
+        change of the error, and ``_keep_files`` retries.
+        """
         env = self._subnet_env()
-        write_subnet_env(self.config.subnet_file, env)
+        writes: list[tuple[str, str, Callable[[], object]]] = [
+            ("subnet_env", self.config.subnet_file,
+             lambda: write_subnet_env(self.config.subnet_file, env))]
         if self.config.docker_opts_file:
-            write_docker_opts(self.config.docker_opts_file, env)
+            writes.append(("docker_opts", self.config.docker_opts_file,
+                           lambda: write_docker_opts(self.config.docker_opts_file, env)))
         if self.config.cni_conf_file:
             from flanneld.cni.conflist import write_conflist
 
-            write_conflist(self.config.cni_conf_file)
-        self.readiness.set_subnet_file_written(True)
+            writes.append(("cni_conf", self.config.cni_conf_file,
+                           lambda: write_conflist(self.config.cni_conf_file)))
+        error: str | None = None
+        for name, path, write in writes:
+            try:
+                write()
+            except OSError as exc:
+                self.metrics.file_written(name, False)
+                error = error or f"{path}: {exc.strerror or exc}"
+                if name == "subnet_env":
+                    self.readiness.set_subnet_file_written(False, error)
+            else:
+                self.metrics.file_written(name, True)
+                if name == "subnet_env":
+                    self.readiness.set_subnet_file_written(True)
+        if error != self._file_error:
+            if error is not None:
+                log.error("writing state files failed: %s; the datapath is up, retrying every "
+                          "%.0fs (/readyz reports it)", error, self.FILE_RETRY)
+            else:
+                log.warning("state files written after earlier failures")
+            self._file_error = error
+        if error is None:
+            self._files_pending.clear()
+        else:
+            self._files_pending.set()
+        return error is None
+
+    FILE_RETRY = 5.0
+
+    async def _keep_files(self) -> None:
+        """Retry state files that could not be written (e.g. the disk was full)."""
+        while True:
+            await self._files_pending.wait()
+            await asyncio.sleep(self.FILE_RETRY)
+            if self._files_pending.is_set():
+                self._write_files()
 
     def _masq_config(self) -> MasqConfig:
         assert self.lease is not None and self.netconf is not None
@@ -221,15 +276,50 @@ class Daemon:
         self.metrics.add_forwarding_source(self.backend.forwarding_source())
         await self._program_masq()
         self._write_files()
-        leases, _, revision = await self._retry("listing leases", self.manager.list_leases)
-        self._set_peers(leases)
+        self.book = LeaseBook(await self._lease_policy(ext), on_rejected=self._lease_rejected)
+        snap = await self._retry("listing leases", self.manager.list_snapshot)
+        self.book.load(snap.kvs, snap.revision)
+        self._book_changed()
+        self._set_peers(list(self.book.accepted.values()))
         with self.metrics.reconcile("full"):
             result = await self.backend.reconcile(dict(self.peers), full=True)
         log_event(log, "datapath programmed", peers=len(self.peers), ops=result.applied,
                   failed=result.failed)
         self.readiness.set_backend_programmed(True)
         self.notifier.status(f"serving subnet {self.lease.subnet} with {len(self.peers)} peers")
-        self.watcher = LeaseWatcher(self.manager, leases, revision, on_reset=self.metrics.watch_reset)
+        self.watcher = LeaseWatcher(self.manager, (), snap.revision, book=self.book,
+                                    on_reset=self.metrics.watch_reset, on_batch=self._book_changed)
+
+    async def _lease_policy(self, ext: ExternalInterface) -> LeasePolicy:
+        """The validation every peer lease passes; protects our underlay and etcd addresses."""
+        assert self.netconf is not None
+        protected: set[Any] = {ext.address, ext.public_ip}
+        protected.update(await etcd_addresses(self.config.etcd_endpoints))
+        return LeasePolicy.build(self.netconf.network, self.netconf.subnet_len, protected)
+
+    def _lease_rejected(self, rejection: Rejection) -> None:
+        self.rejections.rejected(rejection)
+        self.metrics.lease_rejected(rejection.reason.value)
+
+    def _book_changed(self) -> None:
+        """After each watch batch or listing: the rejection gauges and the log summary."""
+        assert self.book is not None
+        self.metrics.set_rejected({r.value: n for r, n in self.book.counts.items()}, REJECT_REASONS)
+        self.rejections.flush()
+
+    def observe_store(self, op: str, result: str, seconds: float) -> None:
+        """The store's request observer: metrics and reachability."""
+        self.metrics.etcd_result(op, result, seconds)
+        self.store_health.observe(result)
+
+    async def _watch_store(self) -> None:
+        """Once a second: readiness and the gauge follow how long etcd has been unreachable;
+        suppressed rejection lines are summed up when their window ends."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.set_etcd_reachable(self.store_health.reachable)
+            self.readiness.set_store_problem(self.store_health.problem())
+            self.rejections.flush()
 
     _RESULT_LABELS = {"ok": "ok", "already_present": "exists", "already_gone": "missing",
                       "failed": "error"}
@@ -274,9 +364,8 @@ class Daemon:
         for event in batch:
             lease = event.lease
             if lease.subnet == self.lease.subnet:
-                ours = lease.attrs.public_ip == self.lease.attrs.public_ip
-                if event.kind is LeaseEventKind.REMOVED or not ours:
-                    self._lease_lost.set()
+                if event.kind is LeaseEventKind.REMOVED or lease.attrs != self.lease.attrs:
+                    self._lease_lost.set()  # deleted, rejected or rewritten: defend it
                 continue
             if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
                 if self.peers.pop(lease.subnet, None) is not None:
@@ -300,6 +389,8 @@ class Daemon:
             full = time.monotonic() >= next_full
             self._dirty.clear()
             kind = "full" if full else "incremental"
+            if full and self.book is not None:
+                self.backend.disowned = self.book.disowned_routes()
             try:
                 with self.metrics.reconcile(kind):
                     result = await self.backend.reconcile(dict(self.peers), full=full)
@@ -341,7 +432,9 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lease_lost.wait(), delay)
             if self._lease_lost.is_set():
-                await self._reacquire()
+                if not await self._defend():
+                    retry_at = time.monotonic() + backoff.next()
+                    continue
                 retry_at = None
                 continue
             try:
@@ -383,6 +476,49 @@ class Daemon:
             self.metrics.set_lease_expiry(self.lease.expiration)
             log_event(log, "lease renewed", subnet=self.lease.subnet,
                       expires_in_s=round((self.lease.expiration or 0) - time.time()))
+
+    async def _defend(self) -> bool:
+        """Our key was deleted or holds another value: put it back while our etcd lease lives
+        (see SubnetManager.defend for the rule), else re-acquire.  False: etcd did not answer
+        (retried by the caller; the datapath stays as it is)."""
+        assert self.lease is not None
+        self._lease_lost.clear()
+        subnet = self.lease.subnet
+        try:
+            kv = await self.manager.store.get(self.manager.key(subnet))
+            if kv is not None:
+                holder = self.manager.decode(kv)
+                who = f"PublicIP {holder.attrs.public_ip}" if holder is not None else "a bad value"
+                self.readiness.set_lease_conflict(
+                    f"lease conflict: our key {subnet} holds {who}")
+                log.error("LEASE CONFLICT: our lease key for subnet %s was rewritten (now %s, "
+                          "etcd lease %x); our etcd lease %x is alive, re-asserting our lease",
+                          subnet, who, kv.lease_id, self.lease.etcd_lease_id)
+            else:
+                self.metrics.lease_event("lose", True)
+                self.readiness.set_lease_held(False)
+                log.error("LEASE LOST: our lease key for subnet %s was deleted; re-creating it "
+                          "(the datapath stays up meanwhile)", subnet)
+            self.lease, how = await self.manager.defend(self.lease)
+        except LeaseLostError as exc:
+            self.readiness.set_lease_conflict(None)
+            self.readiness.set_lease_held(True)  # so that _reacquire reports "lease lost"
+            log.error("%s", exc)
+            await self._reacquire()
+            return True
+        except StoreUnavailableError as exc:
+            log.warning("checking our lease %s failed: %s; retrying", subnet, exc)
+            self._lease_lost.set()
+            return False
+        if how == "reasserted":
+            self.metrics.lease_event("conflict", True)
+            log_event(log, "lease re-asserted", level=logging.WARNING, subnet=subnet)
+        elif how == "restored":
+            self.metrics.lease_event("reacquire", True)
+            log_event(log, "lease re-acquired", subnet=subnet, how="re-created")
+        self.readiness.set_lease_conflict(None)
+        self.readiness.set_lease_held(True)
+        return True
 
     async def _reacquire(self) -> None:
         assert self.lease is not None and self.backend is not None
@@ -430,6 +566,8 @@ class Daemon:
             self._spawn(self._reconcile_loop(), "reconcile")
             self._spawn(self._keep_lease(), "lease")
             self._spawn(self._resync_loop(), "resync")
+            self._spawn(self._keep_files(), "files")
+            self._spawn(self._watch_store(), "store-health")
             if self.masq is not None:
                 self._spawn(self._keep_masq(), "masq")
             log_event(log, "flanneld running", version=__version__,
@@ -454,3 +592,4 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             log.info("flanneld stopped")
+

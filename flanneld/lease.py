@@ -137,6 +137,8 @@ class Lease:
     ipv6_subnet: IPv6Network | None = None
     # etcd mod revision of the key (0 when unknown); used to order updates.
     revision: int = field(default=0, compare=False)
+    # etcd create revision of the key (0 when unknown): orders competing claims on a subnet.
+    created: int = field(default=0, compare=False)
 
     @property
     def reserved(self) -> bool:

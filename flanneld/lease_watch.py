@@ -9,45 +9,25 @@ logs: every retry path below sleeps and logs once per outage, not once per attem
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from flanneld.backoff import Backoff
-from flanneld.errors import LeaseDecodeError, StoreUnavailableError
-from flanneld.lease import Lease, parse_subnet_key, subnets_prefix
+from flanneld.errors import StoreUnavailableError
+from flanneld.lease import Lease, subnets_prefix
+from flanneld.lease_book import LeaseBook, LeaseEvent, LeaseEventKind, diff_leases
 from flanneld.store import CompactedError, EventKind, WatchEvent
 from flanneld.subnet_manager import SubnetManager
 
 log = logging.getLogger(__name__)
 
-
-class LeaseEventKind(enum.Enum):
-    ADDED = "added"  # new or changed lease
-    REMOVED = "removed"
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    kind: LeaseEventKind
-    lease: Lease
-
-
-def diff_leases(old: dict[IPv4Network, Lease], new: dict[IPv4Network, Lease]) -> list[LeaseEvent]:
-    """Events that turn ``old`` into ``new`` (pure; used after every re-list)."""
-    events = [LeaseEvent(LeaseEventKind.REMOVED, lease) for s, lease in old.items() if s not in new]
-    events += [
-        LeaseEvent(LeaseEventKind.ADDED, lease)
-        for s, lease in new.items()
-        if s not in old or old[s] != lease
-    ]
-    return events
+__all__ = ["LeaseEvent", "LeaseEventKind", "LeaseWatcher", "diff_leases"]
 
 
 class LeaseWatcher:
-    """Keeps ``known`` (every valid lease, own included) current and yields what changed."""
+    """Keeps the lease book (every key; ``known`` = the accepted leases, own included)
+    current and yields what changed."""
 
     def __init__(
         self,
@@ -55,18 +35,27 @@ class LeaseWatcher:
         leases: Iterable[Lease],
         revision: int,
         *,
+        book: LeaseBook | None = None,
         on_reset: Callable[[str], None] | None = None,
+        on_batch: Callable[[], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff: Backoff | None = None,
     ) -> None:
         self.manager = manager
-        self.known: dict[IPv4Network, Lease] = {lease.subnet: lease for lease in leases}
+        self.book = book if book is not None else LeaseBook()
+        for lease in leases:
+            self.book.seed(lease)
         self.revision = revision
         self._on_reset = on_reset or (lambda reason: None)
+        self._on_batch = on_batch or (lambda: None)
         self._sleep = sleep
         self._backoff = backoff or Backoff(0.5, 30.0)
         self.connected = True
         self._wake = asyncio.Event()
+
+    @property
+    def known(self) -> dict[IPv4Network, Lease]:
+        return self.book.accepted
 
     def wake(self) -> None:
         """Cut the current reconnect backoff short once (e.g. the daemon reached etcd again)."""
@@ -84,40 +73,21 @@ class LeaseWatcher:
                 waker.cancel()
         self._wake.clear()
 
-    def _apply(self, event: WatchEvent) -> LeaseEvent | None:
-        try:
-            subnet = parse_subnet_key(event.kv.key)[0]
-        except LeaseDecodeError as exc:
-            self.manager.decode_warnings.warn(event.kv, exc)
-            return None
-        old = self.known.get(subnet)
-        if old is not None and old.revision >= event.kv.mod_revision:
-            return None  # already known from a newer re-list: a late or repeated event
+    def _apply(self, event: WatchEvent) -> list[LeaseEvent]:
         if event.kind is EventKind.DELETE:
-            self.known.pop(subnet, None)
-            return None if old is None else LeaseEvent(LeaseEventKind.REMOVED, old)
-        lease = self.manager.decode(event.kv)
-        if lease is None:
-            # A bad value replaced a good one: the node behind it is no longer usable.
-            self.known.pop(subnet, None)
-            return None if old is None else LeaseEvent(LeaseEventKind.REMOVED, old)
-        self.known[subnet] = lease
-        return LeaseEvent(LeaseEventKind.ADDED, lease)
+            return self.book.delete(event.kv.key, event.kv.mod_revision)
+        return self.book.put(event.kv)
 
     async def _relist(self) -> tuple[list[LeaseEvent], int]:
-        """List the leases, fold them into ``known``; the events and the listing's revision.
+        """List every key and fold the listing into the book; the events and its revision.
 
         What the watch already knows at a revision after the listing's stays as it is, so a
         watch event that overtook the listing is never undone by it.
         """
-        leases, _, revision = await self.manager.list_leases()
-        listed = {lease.subnet: lease for lease in leases}
-        for subnet, lease in self.known.items():
-            if lease.revision > revision:
-                listed[subnet] = lease
-        events = diff_leases(self.known, listed)
-        self.known = listed
-        return events, revision
+        snap = await self.manager.list_snapshot()
+        events = self.book.load(snap.kvs, snap.revision)
+        self._on_batch()
+        return events, snap.revision
 
     async def resync(self) -> list[LeaseEvent]:
         """Re-list and report what the watch stream has not told us (a safety net run
@@ -146,12 +116,11 @@ class LeaseWatcher:
                         log.info("lease watch resumed at revision %d", self.revision + 1)
                         self.connected = True
                     self._backoff.reset()
-                    out = []
+                    out: list[LeaseEvent] = []
                     for event in batch:
                         self.revision = max(self.revision, event.kv.mod_revision)
-                        lease_event = self._apply(event)
-                        if lease_event is not None:
-                            out.append(lease_event)
+                        out += self._apply(event)
+                    self._on_batch()
                     if out:
                         yield out
             except CompactedError as exc:

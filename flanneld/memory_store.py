@@ -80,7 +80,9 @@ class MemoryStore:
         if lease_id and lease_id not in self._leases:
             raise StoreUnavailableError(f"memory store: lease {lease_id:x} not found")
         self._revision += 1
-        kv = KeyValue(key, value, lease_id, self._revision)
+        old = self._data.get(key)
+        created = old.create_revision if old is not None else self._revision
+        kv = KeyValue(key, value, lease_id, self._revision, created)
         self._data[key] = kv
         await self._record(WatchEvent(EventKind.PUT, kv))
         return self._revision

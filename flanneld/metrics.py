@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,7 +60,8 @@ ETCD_OPS = frozenset(
     }
 )
 ETCD_RESULTS = frozenset({"ok", "error", "timeout"})
-LEASE_EVENTS = frozenset({"acquire", "renew", "lose", "reacquire", "release"})
+LEASE_EVENTS = frozenset({"acquire", "renew", "lose", "reacquire", "release", "conflict"})
+FILES = frozenset({"subnet_env", "docker_opts", "cni_conf"})
 WATCH_RESET_REASONS = frozenset({"compaction", "reconnect"})
 RECONCILE_KINDS = frozenset({"full", "incremental"})
 NETLINK_KINDS = frozenset({"route", "neigh", "fdb", "link", "address", "masq_rules"})
@@ -305,6 +306,37 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self._rejected = Gauge(
+            "flannel_leases_rejected",
+            "Keys under subnets/ not used right now, by reason (outside_network, bad_value, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self._rejections = Counter(
+            "flannel_lease_rejections",
+            "Keys under subnets/ rejected, by reason (each rejected write counts once).",
+            ["reason"],
+            registry=r,
+        )
+        self._file_ok = Gauge(
+            "flannel_file_written",
+            "1 when the file (subnet_env, docker_opts, cni_conf) holds the current lease, "
+            "0 while writing it fails.",
+            ["file"],
+            registry=r,
+        )
+        self._file_failures = Counter(
+            "flannel_file_write_failures",
+            "Failed attempts to write a state file, by file.",
+            ["file"],
+            registry=r,
+        )
+        self._etcd_reachable = Gauge(
+            "flannel_etcd_reachable",
+            "0 while every etcd request fails (the store is unreachable), else 1.",
+            registry=r,
+        )
+        self._etcd_reachable.set(1)
         # Pre-create the common series so that rate() works from the first scrape and
         # dashboards show 0 instead of "no data".
         for ev in ("acquire", "renew", "lose"):
@@ -361,6 +393,26 @@ class Metrics:
     def watch_reset(self, reason: str) -> None:
         """Count a watch restart: ``compaction`` or ``reconnect``."""
         self._watch_resets.labels(_bounded(reason, WATCH_RESET_REASONS)).inc()
+
+    def set_etcd_reachable(self, reachable: bool) -> None:
+        self._etcd_reachable.set(1 if reachable else 0)
+
+    # ---- lease book --------------------------------------------------------------------
+    def set_rejected(self, counts: Mapping[str, int], reasons: Iterable[str]) -> None:
+        """Rejected keys right now by reason; every reason in ``reasons`` gets a series."""
+        for reason in reasons:
+            self._rejected.labels(reason).set(counts.get(reason, 0))
+
+    def lease_rejected(self, reason: str) -> None:
+        self._rejections.labels(reason).inc()
+
+    # ---- files -------------------------------------------------------------------------
+    def file_written(self, file: str, ok: bool) -> None:
+        """State of a state file: ``ok`` False counts a failed attempt."""
+        name = _bounded(file, FILES)
+        self._file_ok.labels(name).set(1 if ok else 0)
+        if not ok:
+            self._file_failures.labels(name).inc()
 
     # ---- backend -----------------------------------------------------------------------
     def set_peers(self, count: int) -> None:

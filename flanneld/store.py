@@ -22,6 +22,9 @@ class KeyValue:
     value: bytes
     lease_id: int  # 0: the key has no etcd lease (a reservation)
     mod_revision: int
+    # Revision that created the key (0 when unknown): the same on every node, so it orders
+    # competing claims deterministically ("first holder wins", see lease_book).
+    create_revision: int = 0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from ipaddress import IPv4Network
 
 from flanneld.allocation import find_by_public_ip, pick_subnet
@@ -23,14 +23,16 @@ from flanneld.lease import (
     Lease,
     LeaseAttrs,
     config_key,
-    decode_lease_attrs,
     parse_subnet_key,
     subnet_key,
     subnets_prefix,
 )
+from flanneld.lease_book import judge
+from flanneld.lease_policy import Rejection
 from flanneld.logging_setup import log_event
 from flanneld.netconfig import NetworkConfig, parse_network_config
-from flanneld.store import KeyValue, LeaseStore
+from flanneld.rejection_log import RejectionLog
+from flanneld.store import KeyValue, LeaseStore, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +45,6 @@ class LeaseLostError(FlannelError):
 
 class MissingNetworkConfigError(FlannelError):
     """Nothing stored at <prefix>/config yet."""
-
-
-@dataclass
-class DecodeWarnings:
-    """Remembers which bad values were already reported, so each is logged once."""
-
-    seen: set[tuple[str, int]]
-
-    def warn(self, kv: KeyValue, exc: LeaseDecodeError) -> None:
-        marker = (kv.key, kv.mod_revision)
-        if marker not in self.seen:
-            self.seen.add(marker)
-            log.warning("skipping lease %s: %s", kv.key, exc)
 
 
 class SubnetManager:
@@ -73,7 +62,10 @@ class SubnetManager:
         self.ttl = ttl
         self._rng = rng or random.Random()
         self._clock = clock
-        self.decode_warnings = DecodeWarnings(set())
+        # Bad keys met while allocating; the daemon's lease book reports what the watch meets.
+        self.rejections = RejectionLog(log)
+        self._reported: set[tuple[str, int]] = set()
+        self._listed_bad: set[tuple[str, int]] = set()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -85,25 +77,26 @@ class SubnetManager:
         return parse_network_config(kv.value)
 
     def decode(self, kv: KeyValue) -> Lease | None:
-        """A lease from a stored key/value, or None (warned once) when it is not one."""
-        try:
-            subnet, ipv6 = parse_subnet_key(kv.key)
-            attrs = decode_lease_attrs(kv.value)
-        except LeaseDecodeError as exc:
-            self.decode_warnings.warn(kv, exc)
-            return None
-        return Lease(
-            subnet=subnet,
-            attrs=attrs,
-            expiration=None,
-            etcd_lease_id=kv.lease_id,
-            ipv6_subnet=ipv6,
-            revision=kv.mod_revision,
-        )
+        """A lease from a stored key/value, or None when it is not one (reported once per
+        key and revision, aggregated: see RejectionLog)."""
+        verdict = judge(kv, None)
+        if not isinstance(verdict, Rejection):
+            return verdict
+        marker = (verdict.key, verdict.revision)
+        self._listed_bad.add(marker)
+        if marker not in self._reported:
+            self._reported.add(marker)
+            self.rejections.rejected(verdict)
+        return None
+
+    async def list_snapshot(self) -> Snapshot:
+        """Every key under subnets/ as stored, with the listing's revision."""
+        return await self.store.list_prefix(subnets_prefix(self.prefix))
 
     async def list_leases(self) -> tuple[list[Lease], set[IPv4Network], int]:
         """Valid leases, every subnet any key holds (valid or not), and the revision."""
-        snap = await self.store.list_prefix(subnets_prefix(self.prefix))
+        snap = await self.list_snapshot()
+        self._listed_bad = set()
         leases: list[Lease] = []
         taken: set[IPv4Network] = set()
         for kv in snap.kvs:
@@ -112,11 +105,14 @@ class SubnetManager:
             lease = self.decode(kv)
             if lease is not None:
                 leases.append(lease)
+        self.rejections.flush(force=True)
+        self._reported = self._listed_bad  # forget keys that are gone or rewritten
         return leases, taken, snap.revision
 
     # -- writing -------------------------------------------------------------------------
 
-    def _key(self, subnet: IPv4Network) -> str:
+    def key(self, subnet: IPv4Network) -> str:
+        """The etcd key of a subnet's lease."""
         return subnets_prefix(self.prefix) + subnet_key(subnet)
 
     async def acquire(
@@ -138,12 +134,12 @@ class SubnetManager:
                     "lease %s holds our PublicIP %s but does not fit the network config; deleting it",
                     mine.subnet, attrs.public_ip,
                 )
-                await self.store.delete(self._key(mine.subnet))
+                await self.store.delete(self.key(mine.subnet))
                 continue
 
             subnet = pick_subnet(config, taken, previous, self._rng)
             grant = await self.store.grant(self.ttl)
-            key = self._key(subnet)
+            key = self.key(subnet)
             revision = await self.store.create(key, value, grant.lease_id)
             if revision is None:
                 # Lost the race, or our own retried transaction already won: look at the key.
@@ -161,7 +157,7 @@ class SubnetManager:
             return Lease(subnet, attrs, grant.expiration, grant.lease_id, revision=revision)
 
     async def _reuse(self, mine: Lease, attrs: LeaseAttrs, value: bytes) -> Lease | None:
-        key = self._key(mine.subnet)
+        key = self.key(mine.subnet)
         if mine.reserved:
             revision = await self.store.update(key, value, 0, mine.revision)
             if revision is None:
@@ -185,7 +181,7 @@ class SubnetManager:
         """A fresh etcd lease for our key; LeaseLostError when the key is no longer ours."""
         if lease.reserved:
             return lease
-        key = self._key(lease.subnet)
+        key = self.key(lease.subnet)
         value = lease.attrs.to_json().encode()
         grant = await self.store.grant(self.ttl)
         expected = lease.revision
@@ -206,11 +202,45 @@ class SubnetManager:
         await self.store.revoke(grant.lease_id)
         raise LeaseLostError(f"lease {lease.subnet} is no longer ours")
 
+    async def defend(self, lease: Lease) -> tuple[Lease, str]:
+        """Our key was deleted or holds another value: put our lease back if it is still ours.
+
+        The rule: the subnet is ours while the etcd lease we were granted for it is alive
+        (we keep renewing it).  Whoever writes our key meanwhile (a tool, a typo, a
+        compromised node: a live flannel node never does, since leases are only created
+        with create-if-absent) is overwritten by a compare-and-swap.  Once our etcd lease is
+        gone (expired during an outage, revoked) the subnet may legitimately belong to another
+        node: LeaseLostError, and the daemon acquires a lease anew.  A reservation (no etcd
+        lease) is the operator's to move: a changed reservation is lost too.
+
+        Returns the lease (with the key's new revision) and what was done: ``intact`` (the
+        key is ours after all), ``restored`` (re-created after a delete) or ``reasserted``.
+        """
+        key = self.key(lease.subnet)
+        value = lease.attrs.to_json().encode()
+        for _ in range(5):
+            kv = await self.store.get(key)
+            if kv is not None and kv.value == value and kv.lease_id == lease.etcd_lease_id:
+                return replace(lease, revision=kv.mod_revision), "intact"
+            if lease.reserved or await self.store.time_to_live(lease.etcd_lease_id) < 0:
+                raise LeaseLostError(f"lease {lease.subnet} is no longer ours: our etcd lease "
+                                     "is gone and the key " + ("was deleted" if kv is None
+                                                               else "holds another value"))
+            if kv is None:
+                revision = await self.store.create(key, value, lease.etcd_lease_id)
+                how = "restored"
+            else:
+                revision = await self.store.update(key, value, lease.etcd_lease_id, kv.mod_revision)
+                how = "reasserted"
+            if revision is not None:
+                return replace(lease, revision=revision), how
+        raise LeaseLostError(f"lease {lease.subnet}: the key keeps changing under us")
+
     async def put_reservation(self, subnet: IPv4Network, attrs: LeaseAttrs) -> None:
-        await self.store.put(self._key(subnet), attrs.to_json().encode(), 0)
+        await self.store.put(self.key(subnet), attrs.to_json().encode(), 0)
 
     async def delete_lease(self, subnet: IPv4Network) -> bool:
-        return await self.store.delete(self._key(subnet))
+        return await self.store.delete(self.key(subnet))
 
     async def set_network_config(self, raw: bytes) -> NetworkConfig:
         """Validate (raising NetworkConfigError) and store the network config."""

@@ -167,3 +167,102 @@ async def test_readyz_is_503_until_a_config_exists(
     finally:
         daemon.stopping.set()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+def metric(daemon: Daemon, line_start: str) -> float | None:
+    for line in daemon.metrics.render().decode().splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return None
+
+
+async def test_hostile_keys_never_reach_the_backend_and_our_lease_is_reasserted(
+    running: Running, etcd_server: EtcdServer, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = running.daemon
+    await until(lambda: daemon.readiness.ready)
+    lease = daemon.lease
+    assert lease is not None
+    own_key = subnets_prefix(etcd_prefix) + f"{lease.subnet.network_address}-24"
+    admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+    prefix = subnets_prefix(etcd_prefix)
+
+    def rec(ip: str) -> bytes:
+        return LeaseAttrs(IPv4Address(ip), "recording").to_json().encode()
+
+    try:
+        hostile = {
+            "198.18.0.0-25": rec("198.18.0.0"),  # outside the Network: the underlay
+            f"{lease.subnet.network_address}-25": rec("198.18.0.66"),  # half of our /24
+            "10.9.59.0-25": rec("198.18.0.59"),
+            "10.9.60.0-24": rec("0.0.0.0"),
+            "10.9.61.0-24": rec("255.255.255.255"),
+            "10.9.62.0-24": rec("127.0.0.1"),
+            "10.9.63.0-24": rec("224.0.0.1"),
+        }
+        for name, value in hostile.items():
+            await admin.put(prefix + name, value)
+        for i in range(300):
+            await admin.put(prefix + f"junk-{i}", b"\x00" * 100)
+        await admin.put(prefix + "10.9.70.0-24", rec("198.18.0.70"))  # one good peer
+        await until(lambda: ("reconcile", (False, ["10.9.70.0/24"])) in recording_backend.CALLS)
+        for call, arg in recording_backend.CALLS:
+            if call == "reconcile":
+                assert isinstance(arg, tuple) and set(arg[1]) <= {"10.9.70.0/24"}, arg
+        assert metric(daemon, 'flannel_leases_rejected{reason="outside_network"}') == 1
+        assert metric(daemon, 'flannel_leases_rejected{reason="wrong_prefix_length"}') == 2
+        assert metric(daemon, 'flannel_leases_rejected{reason="bad_public_ip"}') == 4
+        assert metric(daemon, 'flannel_leases_rejected{reason="bad_key"}') == 300
+        rejection_lines = [r for r in caplog.records if r.name == "flanneld.leases"]
+        assert len(rejection_lines) <= 5, [r.getMessage() for r in rejection_lines]
+
+        # Our own key rewritten by someone else: re-asserted at once, same subnet.
+        await admin.put(own_key, rec("198.18.0.99"))
+        await until(lambda: metric(daemon, 'flannel_lease_events_total{event="conflict",result="ok"}') == 1)
+        kv = await admin.get(own_key)
+        assert kv is not None and kv.value == lease.attrs.to_json().encode()
+        assert daemon.lease is not None and daemon.lease.subnet == lease.subnet
+        assert kv.lease_id == daemon.lease.etcd_lease_id
+        assert any("LEASE CONFLICT" in r.getMessage() for r in caplog.records)
+        await until(lambda: daemon.readiness.ready)
+        # Junk over our key: the same.
+        await admin.put(own_key, b"{junk")
+        await until(lambda: metric(daemon, 'flannel_lease_events_total{event="conflict",result="ok"}') == 2)
+        kv = await admin.get(own_key)
+        assert kv is not None and kv.value == lease.attrs.to_json().encode()
+        assert not running.task.done()
+    finally:
+        await admin.close()
+
+
+async def test_unwritable_subnet_file_keeps_the_daemon_running_and_retrying(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+    await admin.put(f"{etcd_prefix}/config", b'{"Network":"10.9.0.0/16","Backend":{"Type":"recording"}}')
+    blocker = tmp_path / "run"
+    blocker.write_text("a file where the directory should be")  # writes fail (ENOTDIR)
+    config = build_config(["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
+                           "--subnet-file", str(blocker / "flannel" / "subnet.env")], {})
+    daemon = Daemon(config, EtcdStore(parse_endpoints(config.etcd_endpoints)), fixed_interface)
+    daemon.FILE_RETRY = 0.2
+    task = asyncio.create_task(daemon.run())
+    try:
+        await until(lambda: daemon.readiness.subnet_file_error is not None)
+        assert daemon.lease is not None and daemon.readiness.lease_held
+        assert daemon.readiness.reason.startswith("subnet.env not written: ")
+        assert "Not a directory" in daemon.readiness.reason
+        assert metric(daemon, 'flannel_file_written{file="subnet_env"}') == 0
+        await until(lambda: (metric(daemon, 'flannel_file_write_failures_total{file="subnet_env"}') or 0) >= 3)
+        errors = [r for r in caplog.records if "writing state files failed" in r.getMessage()]
+        assert len(errors) == 1  # one line per change of the error, not per attempt
+        assert not task.done()
+        blocker.unlink()  # the operator frees the path: the next retry writes it
+        await until(lambda: daemon.readiness.ready)
+        assert parse_subnet_env((blocker / "flannel" / "subnet.env").read_text())["FLANNEL_NETWORK"] == "10.9.0.0/16"
+        assert metric(daemon, 'flannel_file_written{file="subnet_env"}') == 1
+        assert any("state files written after earlier failures" in r.getMessage() for r in caplog.records)
+    finally:
+        await admin.close()
+        daemon.stopping.set()
+        assert await asyncio.wait_for(task, 10) == 0

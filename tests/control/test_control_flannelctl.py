@@ -92,3 +92,38 @@ def test_docker_opts_from_subnet_env(tmp_path: Path) -> None:
     env_file.write_text("FLANNEL_NETWORK=10.1.0.0/16\n")
     r = subprocess.run([CTL, "docker-opts", "--subnet-file", str(env_file)], capture_output=True, text=True)
     assert r.returncode == 1 and "incomplete" in r.stderr
+
+
+def test_subnets_shows_rejected_leases_with_why(etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    """What the daemons ignore is listed as rejected, with the reason they ignore it for."""
+    etcdctl(etcd_server, "put", f"{etcd_prefix}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
+    lease = '{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}'
+    good = lease.format(ip="198.18.0.7", mac="aa:bb:cc:00:00:07")
+    puts = {
+        "10.5.7.0-24": good,
+        "198.18.0.0-25": good,  # outside the Network: would blackhole the underlay
+        "10.5.7.0-25": good,  # half of 10.5.7.0/24
+        "10.5.8.0-24": lease.format(ip="0.0.0.0", mac="aa:bb:cc:00:00:08"),
+        "10.5.9.0-24": lease.format(ip="198.18.0.9", mac="00:00:00:00:00:00"),
+        "10.5.10.0-24": "{junk",
+    }
+    for name, value in puts.items():
+        etcdctl(etcd_server, "put", f"{etcd_prefix}/subnets/{name}", value)
+    r = ctl(etcd_server, etcd_prefix, "subnets", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    by_key = {row["key"].rsplit("/", 1)[-1]: row for row in json.loads(r.stdout)}
+    assert {k: row["rejected"] for k, row in by_key.items()} == {
+        "10.5.7.0-24": None,
+        "198.18.0.0-25": "outside_network",
+        "10.5.7.0-25": "wrong_prefix_length",
+        "10.5.8.0-24": "bad_public_ip",
+        "10.5.9.0-24": "bad_backend_data",
+        "10.5.10.0-24": "bad_value",
+    }
+    assert "outside the Network 10.5.0.0/16" in by_key["198.18.0.0-25"]["error"]
+    assert "VtepMAC" in by_key["10.5.9.0-24"]["error"]
+    table = ctl(etcd_server, etcd_prefix, "subnets").stdout.splitlines()
+    assert table[0].split()[-1] == "STATUS"
+    row = next(line for line in table if line.startswith("198.18.0.0/25"))
+    assert "REJECTED outside_network" in row
+    assert next(line for line in table if line.startswith("10.5.7.0/24 ")).endswith(" ok")

@@ -131,8 +131,7 @@ def test_stale_cleanup_touches_only_our_entries() -> None:
         Route(N("198.18.0.0/24"), EXT),  # underlay
         Route(N("10.244.1.0/24"), 9),  # own subnet on cni0
         Route(N("10.244.1.0/24"), EXT, A("198.18.0.9")),  # own subnet: never ours to delete
-        Route(N("10.99.0.0/24"), DEV, A("10.99.0.0"), onlink=True),  # outside the Network
-        Route(N("10.244.8.0/25"), EXT, A("198.18.0.8")),  # not lease-sized
+        Route(N("10.244.8.0/25"), EXT, A("198.18.0.8")),  # not lease-sized, no refused lease
         Neighbour(DEV, A("10.244.9.0"), "", permanent=False),  # kernel-managed
         Neighbour(5, A("10.244.9.0"), MAC_B),  # another device
         FdbEntry(5, MAC_B, A("198.18.0.2")),
@@ -140,12 +139,15 @@ def test_stale_cleanup_touches_only_our_entries() -> None:
     stale: list[KernelObject] = [
         Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True),
         Route(N("10.244.5.0/24"), EXT, A("198.18.0.5")),  # old host-gw / DirectRouting route
+        # on our device, outside the Network (a hostile lease an older daemon accepted)
+        Route(N("198.18.0.0/25"), DEV, A("198.18.0.0"), onlink=True),
         Neighbour(DEV, A("10.244.4.0"), MAC_C),
         FdbEntry(DEV, MAC_C, A("198.18.0.4")),
     ]
     assert plan(foreign + stale + b_objects(), B) == [
         Delete(Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True)),
         Delete(Route(N("10.244.5.0/24"), EXT, A("198.18.0.5"))),
+        Delete(Route(N("198.18.0.0/25"), DEV, A("198.18.0.0"), onlink=True)),
         Delete(Neighbour(DEV, A("10.244.4.0"), MAC_C)),
         Delete(FdbEntry(DEV, MAC_C, A("198.18.0.4"))),
     ]
