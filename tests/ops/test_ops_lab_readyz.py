@@ -7,15 +7,19 @@ What test_ops_daemon_notify.py already covers is not repeated here: it checks RE
 Here the not-ready phases are held open on purpose, and /readyz is asked during them:
 
 * before the lease: node 1's daemon restarts while etcd has no network config;
-* lease lost: a squatter lease (another PublicIP) takes node 1's subnet key while the
-  network's range (SubnetMin..SubnetMax) holds exactly the two nodes, so re-acquiring fails
-  (out of subnets) until the squatter goes away.
+* lease conflict: a squatter value over node 1's key while node 1's etcd lease lives is
+  overwritten at once (ready again);
+* lease lost: node 1's etcd lease is revoked and a squatter lease (another PublicIP, its own
+  etcd lease) takes the key while the network's range (SubnetMin..SubnetMax) holds exactly
+  the two nodes, so re-acquiring fails (out of subnets) until the squatter goes away.
 /healthz stays 200 throughout: not ready is not dead.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -71,10 +75,28 @@ def test_readyz_before_lease_and_while_lease_lost() -> None:
         print(f"/readyz 200 {time.monotonic() - t0:.2f}s after the config was put back")
         key, lease = lab.lease_of(1)
 
-        # ---- lease lost: a squatter takes our subnet key, the range is full
+        # ---- lease conflict: a squatter value over our key while our etcd lease lives is
+        # overwritten at once (the daemon keeps its subnet; it used to give it up)
         squatter = dict(lease, PublicIP="198.18.0.99")
         squatter["BackendData"] = dict(lease["BackendData"], VtepMAC="0e:00:00:00:00:99")
         lab.etcdctl("put", key, json.dumps(squatter))
+        poll(lambda: json.loads(lab.etcdctl("get", key, "--print-value-only") or "{}") == lease, 10,
+             interval=0.02, what="our lease re-asserted")
+        poll(lambda: get(lab, 1, "/readyz") == (200, "ready\n"), 10, interval=0.05, what="ready after conflict")
+
+        # ---- lease lost: our etcd lease is gone (revoked while the daemon was paused) and a
+        # squatter holds the key with an etcd lease of its own; the range is full
+        ref = lab_daemon.running(lab.state, 1)
+        assert ref is not None
+        got = json.loads(lab.etcdctl("get", key, "-w", "json"))
+        own_lease = int(got["kvs"][0]["lease"])
+        os.kill(ref.pid, signal.SIGSTOP)
+        try:
+            lab.etcdctl("lease", "revoke", f"{own_lease:x}")
+            squatter_lease = lab.etcdctl("lease", "grant", "600").split()[1]
+            lab.etcdctl("put", key, json.dumps(squatter), "--lease", squatter_lease)
+        finally:
+            os.kill(ref.pid, signal.SIGCONT)
         poll(lambda: get(lab, 1, "/readyz") == (503, "lease lost\n"), 20, interval=0.05, what="503 lease lost")
         # re-acquiring has failed at least once (out of subnets): still not ready
         poll(lambda: retrying(lab, 1, "acquiring a subnet lease"), 20, interval=0.1, what="re-acquire retry logged")
