@@ -284,7 +284,11 @@ class EtcdStore:
             index = self._current
             started = time.monotonic()
             try:
-                result = await asyncio.wait_for(fn(self._client(index)), self._timeout + 1)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the call completes (CPython gh-86296), so a
+                # cancelled task would go on issuing requests.
+                async with asyncio.timeout(self._timeout + 1):
+                    result = await fn(self._client(index))
             except _PageError:
                 self._observe(op, "error", started)
                 raise
@@ -462,10 +466,8 @@ class EtcdStore:
         client = self._client(index)
         started = time.monotonic()
         try:
-            watch = await asyncio.wait_for(
-                client.watch_prefix(prefix.encode(), start_revision=start_revision),
-                self._timeout + 1,
-            )
+            async with asyncio.timeout(self._timeout + 1):
+                watch = await client.watch_prefix(prefix.encode(), start_revision=start_revision)
         except etcd_exc.RevisionCompactedError as exc:
             raise CompactedError(int(exc.compacted_revision)) from None
         except (*_RETRYABLE, etcd_exc.ClientError, rpc.AioRpcError) as exc:
