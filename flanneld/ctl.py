@@ -156,7 +156,7 @@ async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dic
     rows: list[dict[str, Any]] = []
     for kv in snap.kvs:
         row: dict[str, Any] = {"key": kv.key, "reserved": kv.lease_id == 0, "rejected": None}
-        rejection = book.rejected.get(kv.key.rsplit("/", 1)[-1])
+        rejection = book.rejected.get(kv.key)
         if rejection is not None:
             row.update(rejected=rejection.reason.value, error=rejection.detail)
         try:

@@ -476,6 +476,7 @@ class EtcdStore:
             raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]}: {exc}") from None
         self._observe("watch", "ok", started)
         try:
+            yield []  # established
             async for event in watch:
                 kind = EventKind.PUT if event.kind == "PUT" else EventKind.DELETE
                 yield [WatchEvent(kind, self._kv(event.kv))]

@@ -41,7 +41,8 @@ class LeaseEvent:
 
 
 def key_name(key: str) -> str:
-    return key.rsplit("/", 1)[-1]
+    """What follows the last ``/subnets/`` in a key (for display)."""
+    return key.rsplit("/subnets/", 1)[-1] or "(empty)"
 
 
 def lease_from_kv(kv: KeyValue) -> Lease:
@@ -54,18 +55,17 @@ def lease_from_kv(kv: KeyValue) -> Lease:
 
 def judge(kv: KeyValue, policy: LeasePolicy | None) -> Lease | Rejection:
     """The lease of ``kv``, or why it is not used."""
-    name = key_name(kv.key)
     try:
-        parse_subnet_key(name)
+        parse_subnet_key(kv.key)
     except LeaseDecodeError as exc:
-        return Rejection(name, RejectReason.BAD_KEY, str(exc), kv.mod_revision)
+        return Rejection(kv.key, RejectReason.BAD_KEY, str(exc), kv.mod_revision)
     try:
         lease = lease_from_kv(kv)
     except LeaseDecodeError as exc:
-        return Rejection(name, RejectReason.BAD_VALUE, str(exc), kv.mod_revision)
+        return Rejection(kv.key, RejectReason.BAD_VALUE, str(exc), kv.mod_revision)
     verdict = policy.check(lease) if policy is not None else None
     if verdict is not None:
-        return Rejection(name, verdict[0], verdict[1], kv.mod_revision, lease)
+        return Rejection(kv.key, verdict[0], verdict[1], kv.mod_revision, lease)
     return lease
 
 
@@ -84,7 +84,11 @@ _State = Lease | Rejection | None  # None: deleted
 
 
 class LeaseBook:
-    """Accepted leases by subnet (``accepted``), rejected keys by name (``rejected``)."""
+    """Accepted leases by subnet (``accepted``), rejected keys by etcd key (``rejected``).
+
+    Keys are identified by the whole etcd key (two keys may end alike: ``subnets/`` and
+    ``subnets//``); ``key_name`` is only for display.
+    """
 
     def __init__(self, policy: LeasePolicy | None = None,
                  on_rejected: Callable[[Rejection], None] | None = None) -> None:
@@ -93,27 +97,30 @@ class LeaseBook:
         self.rejected: dict[str, Rejection] = {}
         self.counts: Counter[RejectReason] = Counter()  # rejected keys by reason, right now
         self._on_rejected = on_rejected
-        self._revisions: dict[str, int] = {}  # key name -> last revision applied
+        self._holders: dict[IPv4Network, str] = {}  # subnet -> key of the accepted lease
+        self._revisions: dict[str, int] = {}  # key -> last revision applied
         self._shadowed: dict[str, Lease] = {}  # valid leases that lost a subnet to an earlier key
 
     # -- changes -------------------------------------------------------------------------
 
     def put(self, kv: KeyValue) -> list[LeaseEvent]:
         """A key was written (watch PUT or one key of a listing)."""
-        name = key_name(kv.key)
-        if self._revisions.get(name, 0) >= kv.mod_revision > 0:
+        if self._revisions.get(kv.key, 0) >= kv.mod_revision > 0:
             return []
-        return self._set(name, judge(kv, self.policy), kv.mod_revision)
+        return self._set(kv.key, judge(kv, self.policy), kv.mod_revision)
 
     def delete(self, key: str, revision: int) -> list[LeaseEvent]:
-        name = key_name(key)
-        if self._revisions.get(name, 0) >= revision > 0:
+        if self._revisions.get(key, 0) >= revision > 0:
             return []
-        return self._set(name, None, revision)
+        return self._set(key, None, revision)
 
-    def seed(self, lease: Lease) -> list[LeaseEvent]:
-        """Add an already decoded (and trusted) lease, e.g. from a listing made elsewhere."""
-        return self._set(lease.key, lease, lease.revision)
+    def seed(self, key: str, lease: Lease) -> list[LeaseEvent]:
+        """Add an already decoded (and trusted) lease stored at ``key``."""
+        return self._set(key, lease, lease.revision)
+
+    def key_of(self, subnet: IPv4Network) -> str | None:
+        """The etcd key of the accepted lease of ``subnet``."""
+        return self._holders.get(subnet)
 
     def load(self, kvs: Iterable[KeyValue], revision: int) -> list[LeaseEvent]:
         """Replace everything by a full listing taken at ``revision``; keys this book knows at a
@@ -121,92 +128,22 @@ class LeaseBook:
         fresh = LeaseBook(self.policy)
         for kv in kvs:
             fresh.put(kv)
-        for name, rev in self._revisions.items():
-            if rev > revision and fresh._revisions.get(name, 0) < rev:
-                fresh._set(name, self._state(name), rev)
+        for key, rev in self._revisions.items():
+            if rev > revision and fresh._revisions.get(key, 0) < rev:
+                fresh._set(key, self._state(key), rev)
         # Tombstones at or before the listing are moot now: the listing says what exists.
-        fresh._revisions = {n: r for n, r in fresh._revisions.items()
-                            if r > revision or fresh._state(n) is not None}
+        fresh._revisions = {k: r for k, r in fresh._revisions.items()
+                            if r > revision or fresh._state(k) is not None}
         events = diff_leases(self.accepted, fresh.accepted)
         reported = {(r.key, r.revision) for r in self.rejected.values()}
         self.accepted, self.rejected, self.counts = fresh.accepted, fresh.rejected, fresh.counts
-        self._revisions, self._shadowed = fresh._revisions, fresh._shadowed
+        self._holders, self._revisions, self._shadowed = (
+            fresh._holders, fresh._revisions, fresh._shadowed)
         if self._on_rejected is not None:
             for rejection in self.rejected.values():
                 if (rejection.key, rejection.revision) not in reported:
                     self._on_rejected(rejection)
         return events
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _state(self, name: str) -> _State:
-        rejection = self.rejected.get(name)
-        if rejection is not None:
-            shadowed = self._shadowed.get(name)
-            return shadowed if shadowed is not None else rejection
-        try:
-            subnet = parse_subnet_key(name)[0]
-        except LeaseDecodeError:
-            return None
-        lease = self.accepted.get(subnet)
-        return lease if lease is not None and lease.key == name else None
-
-    def _reject(self, rejection: Rejection) -> None:
-        self.rejected[rejection.key] = rejection
-        self.counts[rejection.reason] += 1
-        if self._on_rejected is not None:
-            self._on_rejected(rejection)
-
-    def _unreject(self, name: str) -> None:
-        old = self.rejected.pop(name, None)
-        if old is not None:
-            self.counts[old.reason] -= 1
-            if not self.counts[old.reason]:
-                del self.counts[old.reason]
-        self._shadowed.pop(name, None)
-
-    def _set(self, name: str, state: _State, revision: int) -> list[LeaseEvent]:
-        self._revisions[name] = revision
-        events: list[LeaseEvent] = []
-        # Take the key's previous state out: it may have held a subnet.
-        self._unreject(name)
-        try:
-            subnet: IPv4Network | None = parse_subnet_key(name)[0]
-        except LeaseDecodeError:
-            subnet = None
-        holder = self.accepted.get(subnet) if subnet is not None else None
-        vacated = holder is not None and holder.key == name
-        if isinstance(state, Lease):
-            return self._claim(state, vacated)
-        if isinstance(state, Rejection):
-            self._reject(state)
-        if vacated and subnet is not None and holder is not None:
-            del self.accepted[subnet]
-            successor = self._successor(subnet)
-            if successor is not None:
-                self._unreject(successor.key)
-                self.accepted[subnet] = successor
-                events.append(LeaseEvent(LeaseEventKind.ADDED, successor))
-            else:
-                events.append(LeaseEvent(LeaseEventKind.REMOVED, holder))
-        return events
-
-    def _claim(self, lease: Lease, holds: bool) -> list[LeaseEvent]:
-        subnet = lease.subnet
-        holder = self.accepted.get(subnet)
-        if holder is not None and not holds and _order(holder) < _order(lease):
-            self._shadow(lease, holder)
-            return []
-        if holder is not None and not holds:
-            self._shadow(holder, lease)
-        self.accepted[subnet] = lease
-        return [LeaseEvent(LeaseEventKind.ADDED, lease)]
-
-    def _shadow(self, loser: Lease, winner: Lease) -> None:
-        self._reject(Rejection(loser.key, RejectReason.OVERLAP,
-                               f"subnet {loser.subnet} is already held by key {winner.key} "
-                               "(created earlier: the first holder wins)", loser.revision))
-        self._shadowed[loser.key] = loser
 
     def disowned_routes(self) -> frozenset[tuple[IPv4Network, IPv4Address]]:
         """(subnet, PublicIP) of every lease refused by the policy: a route to that subnet via
@@ -214,11 +151,85 @@ class LeaseBook:
         return frozenset((r.lease.subnet, r.lease.attrs.public_ip)
                          for r in self.rejected.values() if r.lease is not None)
 
-    def _successor(self, subnet: IPv4Network) -> Lease | None:
-        claims = [lease for lease in self._shadowed.values() if lease.subnet == subnet]
-        return min(claims, key=_order) if claims else None
+    # -- internals -----------------------------------------------------------------------
+
+    def _state(self, key: str) -> _State:
+        rejection = self.rejected.get(key)
+        if rejection is not None:
+            shadowed = self._shadowed.get(key)
+            return shadowed if shadowed is not None else rejection
+        subnet = _subnet_of(key)
+        if subnet is not None and self._holders.get(subnet) == key:
+            return self.accepted[subnet]
+        return None
+
+    def _reject(self, rejection: Rejection) -> None:
+        self.rejected[rejection.key] = rejection
+        self.counts[rejection.reason] += 1
+        if self._on_rejected is not None:
+            self._on_rejected(rejection)
+
+    def _unreject(self, key: str) -> None:
+        old = self.rejected.pop(key, None)
+        if old is not None:
+            self.counts[old.reason] -= 1
+            if not self.counts[old.reason]:
+                del self.counts[old.reason]
+        self._shadowed.pop(key, None)
+
+    def _set(self, key: str, state: _State, revision: int) -> list[LeaseEvent]:
+        self._revisions[key] = revision
+        # Take the key's previous state out: it may have held a subnet.
+        self._unreject(key)
+        subnet = state.subnet if isinstance(state, Lease) else _subnet_of(key)
+        holds = subnet is not None and self._holders.get(subnet) == key
+        if isinstance(state, Lease):
+            return self._claim(key, state, holds)
+        if isinstance(state, Rejection):
+            self._reject(state)
+        if not holds or subnet is None:
+            return []
+        holder = self.accepted.pop(subnet)
+        del self._holders[subnet]
+        successor = self._successor(subnet)
+        if successor is None:
+            return [LeaseEvent(LeaseEventKind.REMOVED, holder)]
+        key_next, lease_next = successor
+        self._unreject(key_next)
+        self.accepted[subnet], self._holders[subnet] = lease_next, key_next
+        return [LeaseEvent(LeaseEventKind.ADDED, lease_next)]
+
+    def _claim(self, key: str, lease: Lease, holds: bool) -> list[LeaseEvent]:
+        subnet = lease.subnet
+        holder_key = self._holders.get(subnet)
+        if holder_key is not None and not holds:
+            holder = self.accepted[subnet]
+            if _order(holder, holder_key) < _order(lease, key):
+                self._shadow(key, lease, holder_key)
+                return []
+            self._shadow(holder_key, holder, key)
+        self.accepted[subnet], self._holders[subnet] = lease, key
+        return [LeaseEvent(LeaseEventKind.ADDED, lease)]
+
+    def _shadow(self, key: str, loser: Lease, winner_key: str) -> None:
+        self._reject(Rejection(key, RejectReason.OVERLAP,
+                               f"subnet {loser.subnet} is already held by key "
+                               f"{key_name(winner_key)} (created earlier: the first holder wins)",
+                               loser.revision))
+        self._shadowed[key] = loser
+
+    def _successor(self, subnet: IPv4Network) -> tuple[str, Lease] | None:
+        claims = [(k, lease) for k, lease in self._shadowed.items() if lease.subnet == subnet]
+        return min(claims, key=lambda c: _order(c[1], c[0])) if claims else None
 
 
-def _order(lease: Lease) -> tuple[int, str]:
-    """First holder first: lower create revision, then key name (0 = unknown sorts last)."""
-    return (lease.created or 1 << 62, lease.key)
+def _subnet_of(key: str) -> IPv4Network | None:
+    try:
+        return parse_subnet_key(key)[0]
+    except LeaseDecodeError:
+        return None
+
+
+def _order(lease: Lease, key: str) -> tuple[int, str]:
+    """First holder first: lower create revision, then key (0 = unknown sorts last)."""
+    return (lease.created or 1 << 62, key)

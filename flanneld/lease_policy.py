@@ -53,13 +53,17 @@ REJECT_REASONS = tuple(r.value for r in RejectReason)
 class Rejection:
     """A key that is not used, and why; ``revision`` is the key's mod revision."""
 
-    key: str  # the last path component, as stored
+    key: str  # the etcd key, as stored (``name`` is what follows /subnets/)
     reason: RejectReason
     detail: str
     revision: int = 0
     # The lease, when the key and value decoded but the lease broke a rule: the drift pass
     # removes kernel routes that only this lease explains (installed before it was refused).
     lease: Lease | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/subnets/", 1)[-1] or "(empty)"
 
 
 def public_ip_problem(ip: IPv4Address, network: IPv4Network | None = None) -> str | None:

@@ -44,7 +44,7 @@ class LeaseWatcher:
         self.manager = manager
         self.book = book if book is not None else LeaseBook()
         for lease in leases:
-            self.book.seed(lease)
+            self.book.seed(subnets_prefix(manager.prefix) + lease.key, lease)
         self.revision = revision
         self._on_reset = on_reset or (lambda reason: None)
         self._on_batch = on_batch or (lambda: None)
@@ -112,10 +112,15 @@ class LeaseWatcher:
         while True:
             try:
                 async for batch in self.manager.store.watch_prefix(prefix, self.revision + 1):
+                    # The store yields an empty batch once the watch is established: "resumed"
+                    # is logged then, not at the next lease event (minutes later in a quiet
+                    # cluster).
                     if not self.connected:
                         log.info("lease watch resumed at revision %d", self.revision + 1)
                         self.connected = True
                     self._backoff.reset()
+                    if not batch:
+                        continue
                     out: list[LeaseEvent] = []
                     for event in batch:
                         self.revision = max(self.revision, event.kv.mod_revision)
@@ -134,5 +139,5 @@ class LeaseWatcher:
                     log.warning("lease watch lost: %s; resuming from revision %d with backoff",
                                 exc, self.revision + 1)
                     self.connected = False
-                self._on_reset("reconnect")
+                    self._on_reset("reconnect")  # once per outage, not once per retry
                 await self._pause(self._backoff.next())

@@ -122,6 +122,7 @@ class MemoryStore:
         if start_revision <= self._compacted:
             raise CompactedError(self._compacted + 1)
         next_rev = start_revision
+        yield []  # established
         while True:
             batch = [e for r, e in self._history if r >= next_rev and e.kv.key.startswith(prefix)]
             if batch:

@@ -44,12 +44,12 @@ class RejectionLog:
         reason = rejection.reason.value
         if reason not in self._logged:
             self._logged.add(reason)
-            self._log.warning("ignoring lease %s (%s): %s", shorten(rejection.key, KEY_CHARS), reason,
+            self._log.warning("ignoring lease %s (%s): %s", shorten(rejection.name, KEY_CHARS), reason,
                               shorten(rejection.detail, DETAIL_CHARS))
             return
         self._suppressed[reason] += 1
         if len(self._examples) < EXAMPLES:
-            self._examples.append(shorten(rejection.key, KEY_CHARS))
+            self._examples.append(shorten(rejection.name, KEY_CHARS))
 
     def flush(self, force: bool = False) -> None:
         """Log the summary of what was suppressed, when the window is over (or ``force``)."""

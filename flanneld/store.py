@@ -88,8 +88,9 @@ class LeaseStore(Protocol):
     async def delete(self, key: str) -> bool: ...
 
     def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
-        """Batches of events from ``start_revision`` on; raises CompactedError or
-        StoreUnavailableError when the watch breaks (the caller resumes)."""
+        """Batches of events from ``start_revision`` on, led by one empty batch as soon as the
+        watch is established; raises CompactedError or StoreUnavailableError when the watch
+        breaks (the caller resumes)."""
         ...
 
     async def close(self) -> None: ...

@@ -250,6 +250,7 @@ async def test_a_1_4_mb_value_arrives_intact_through_the_watch(
         start = (await store.list_prefix(prefix)).revision + 1
         events = store.watch_prefix(prefix, start)
         try:
+            assert await asyncio.wait_for(anext(events), 10) == []  # established
             revision = await writer.put(prefix + "10.5.1.0-24", value)
             batch = await asyncio.wait_for(anext(events), 10)
         finally:

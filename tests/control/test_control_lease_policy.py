@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -44,7 +45,7 @@ def kv(name: str, val: bytes, rev: int, created: int | None = None, lease_id: in
 
 
 def reason(book: LeaseBook, name: str) -> RejectReason:
-    return book.rejected[name].reason
+    return book.rejected[subnets_prefix(PREFIX) + name].reason
 
 
 # ---- the policy: every item of the hostile-input issue --------------------------------------
@@ -81,7 +82,7 @@ def test_a_subnet_covering_a_protected_address_is_refused() -> None:
     book = LeaseBook(policy)
     book.put(kv("198.18.0.0-24", value("198.19.0.2"), 5))
     assert reason(book, "198.18.0.0-24") is RejectReason.COVERS_UNDERLAY
-    assert "198.18.0.100" in book.rejected["198.18.0.0-24"].detail
+    assert "198.18.0.100" in book.rejected[subnets_prefix(PREFIX) + "198.18.0.0-24"].detail
     assert book.put(kv("198.18.7.0-24", value("198.19.0.2"), 6))[0].kind is LeaseEventKind.ADDED
 
 
@@ -140,7 +141,7 @@ def test_late_events_and_older_listings_undo_nothing() -> None:
 
 def test_listings_report_each_rejection_once() -> None:
     seen: list[str] = []
-    book = LeaseBook(POLICY, on_rejected=lambda r: seen.append(r.key))
+    book = LeaseBook(POLICY, on_rejected=lambda r: seen.append(r.name))
     kvs = [kv("10.244.2.0-24", b"junk", 5), kv("198.18.0.0-25", value(), 6)]
     book.load(kvs, 6)
     book.load(kvs, 7)
@@ -257,3 +258,50 @@ async def test_defend_gives_up_once_our_etcd_lease_is_gone() -> None:
         await manager.defend(lease)
     kv_now = await store.get(key)
     assert kv_now is not None and kv_now.lease_id == grant.lease_id  # the new holder keeps it
+
+
+# ---- the watch across an outage ---------------------------------------------------------------
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+
+
+async def test_watch_counts_one_reset_per_outage_and_logs_resumed_without_an_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from flanneld.lease_watch import LeaseWatcher
+
+    store = MemoryStore()
+    manager = SubnetManager(store, PREFIX)
+    resets: list[str] = []
+    pauses: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        pauses.append(delay)
+        await asyncio.sleep(0)
+
+    watcher = LeaseWatcher(manager, [], 1, on_reset=resets.append, sleep=sleep)
+    task = asyncio.create_task(anext(watcher.events()))
+    try:
+        await asyncio.sleep(0.01)
+        store.available = False
+        await store.poke()
+        await _until(lambda: len(pauses) >= 5)  # five failed attempts to watch again
+        assert resets == ["reconnect"]
+        with caplog.at_level(logging.INFO, logger="flanneld.lease_watch"):
+            store.available = True
+            await _until(lambda: watcher.connected)
+        assert any("lease watch resumed" in r.getMessage() for r in caplog.records)
+        assert not task.done()  # no lease event was needed for it
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

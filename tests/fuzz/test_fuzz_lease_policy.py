@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flanneld.lease_book import LeaseBook, key_name
+from flanneld.lease_book import LeaseBook
 from flanneld.lease_policy import LeasePolicy, public_ip_problem
 from flanneld.store import KeyValue
 
@@ -77,7 +77,8 @@ def _check(policy: LeasePolicy, book: LeaseBook, live: dict[str, KeyValue]) -> N
     ordered = sorted(accepted, key=lambda lease: int(lease.subnet.network_address))
     for a, b in itertools.pairwise(ordered):
         assert not a.subnet.overlaps(b.subnet), (a, b)
-    names = {lease.key for lease in accepted}
+    names = set(book._holders.values())
+    assert {book.key_of(lease.subnet) for lease in accepted} == names
     assert not names & set(book.rejected), names & set(book.rejected)
     assert names | set(book.rejected) == set(live), (names, set(book.rejected), set(live))
     assert sum(book.counts.values()) == len(book.rejected)
@@ -102,19 +103,19 @@ def test_fuzz_lease_validation() -> None:
             revision += 1
             key = PREFIX + name
             if value is None:
-                live.pop(name, None)
+                live.pop(key, None)
                 book.delete(key, revision)
             else:
-                old = live.get(name)
+                old = live.get(key)
                 kv = KeyValue(key, value, 7, revision, old.create_revision if old else revision)
-                live[name] = kv
+                live[key] = kv
                 book.put(kv)
             _check(policy, book, live)
         listed = LeaseBook(policy)
         listed.load(sorted(live.values(), key=lambda kv: kv.key), revision)
         assert listed.accepted == book.accepted
-        assert {key_name(k): r.reason for k, r in listed.rejected.items()} == \
-            {key_name(k): r.reason for k, r in book.rejected.items()}
+        assert {k: r.reason for k, r in listed.rejected.items()} == \
+            {k: r.reason for k, r in book.rejected.items()}
         if book.rejected:
             for r in book.rejected.values():
                 tally.reasons[r.reason.value] += 1
