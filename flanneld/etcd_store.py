@@ -9,6 +9,7 @@ after an ambiguous create, so a retried transaction cannot make it lose its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -204,14 +205,36 @@ def _grpc_credentials(tls: TLSFiles) -> Any:
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def _explain(detail: str) -> str:
-    """Turn grpc's transport wording into what an operator should check."""
+def _grpc_details(exc: BaseException) -> str:
+    """The one-line cause inside a grpc/aetcd error (not its multi-line repr)."""
+    details = getattr(exc, "details", None)
+    if callable(details):
+        with contextlib.suppress(Exception):
+            text = details()
+            if text:
+                return str(text)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and callable(getattr(cause, "details", None)):
+        return _grpc_details(cause)
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _explain(detail: str, *, tls: bool, timeout: float = 0.0) -> str:
+    """Turn grpc's transport wording into what happened and what an operator should check."""
     lowered = detail.lower()
-    if any(word in lowered for word in ("handshake", "ssl", "certificate", "tsi_")):
+    if "connection refused" in lowered:
+        return "connection refused (is etcd listening on that address and port?)"
+    if tls and any(word in lowered for word in ("ssl", "certificate", "tsi_", "handshake failed")):
         return (
             "TLS failed: the server's certificate is not signed by --etcd-cafile, or it refused "
             f"our client certificate: {detail}"
         )
+    if any(word in lowered for word in ("timeout", "timed out", "deadline", "handshaker shutdown")):
+        return f"no answer within {timeout:g}s (host unreachable, or a firewall drops it): {detail}"
+    if "no route to host" in lowered or "network is unreachable" in lowered:
+        return f"unreachable: {detail}"
+    if not tls and any(word in lowered for word in ("ssl", "tsi_", "wrong version number")):
+        return f"{detail} (the endpoint may speak https: use an https:// endpoint and TLS files)"
     return detail
 
 
@@ -277,6 +300,12 @@ class EtcdStore:
         if self._observer is not None:
             self._observer(op, result, time.monotonic() - started)
 
+    def _explain(self, index: int, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {self._timeout + 1:g}s (host unreachable, or a firewall drops it)"
+        return _explain(_grpc_details(exc), tls=self._endpoints[index].scheme == "https",
+                        timeout=self._timeout + 1)
+
     async def _call(self, op: str, fn: Callable[[_Client], Awaitable[T]]) -> T:
         """Run one request, failing over to the next endpoints on connection errors."""
         failures: list[str] = []
@@ -299,6 +328,11 @@ class EtcdStore:
                 ) from None
             except etcd_exc.InvalidArgumentError as exc:
                 self._observe(op, "error", started)
+                if "user name is empty" in str(exc):
+                    raise StoreAuthError(
+                        f"etcd {self._endpoints[index]} has authentication enabled: give "
+                        "--etcd-username and --etcd-password (FLANNELD_ETCD_USERNAME/_PASSWORD)"
+                    ) from None
                 if "authentication" in str(exc):
                     raise StoreAuthError(
                         f"etcd {self._endpoints[index]} refused our credentials: {exc}"
@@ -312,7 +346,7 @@ class EtcdStore:
                     self._observe(op, "ok", started)
                     raise EtcdNotFoundError(str(exc)) from None
                 self._observe(op, "error", started)
-                detail = _explain(str(exc).strip() or type(exc).__name__)
+                detail = self._explain(index, exc)
                 failures.append(f"{self._endpoints[index]}: {detail}")
                 self._current = (index + 1) % len(self._endpoints)
                 continue
@@ -320,7 +354,7 @@ class EtcdStore:
                 # Anything else etcd or grpc says (e.g. "context deadline exceeded" from a member
                 # without quorum) is a failure of this endpoint, not a reason to crash.
                 self._observe(op, "error", started)
-                detail = _explain(str(exc).strip() or type(exc).__name__)
+                detail = self._explain(index, exc)
                 failures.append(f"{self._endpoints[index]}: {detail}")
                 self._current = (index + 1) % len(self._endpoints)
                 continue
