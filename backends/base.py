@@ -79,6 +79,9 @@ class Backend(abc.ABC):
     """One backend instance per daemon run."""
 
     type_name: ClassVar[str]
+    # Whether the backend programs the kernel (netlink, TUN, firewall): the daemon then
+    # refuses to start without CAP_NET_ADMIN, with one clear line.
+    needs_net_admin: ClassVar[bool] = True
     # BackendType strings of peer leases this backend programs ("" is Go's udp lease).
     peer_types: ClassVar[frozenset[str]]
 

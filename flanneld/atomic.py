@@ -32,3 +32,19 @@ def write_atomic(path: str, data: str | bytes, mode: int = 0o644, dir_mode: int 
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def check_writable_path(path: str, flag: str) -> None:
+    """Fail early (ConfigError naming ``flag``) on paths that can never be written: a
+    directory, or a parent that is not a directory.  A full or read-only file system is not
+    refused here: that can change, and the daemon retries it."""
+    from flanneld.errors import ConfigError
+
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise ConfigError(f"{flag} {path}: is a directory")
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag} {path}: {parent} is not a directory")

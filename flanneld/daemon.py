@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -22,12 +23,13 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from flanneld import __version__
+from flanneld.atomic import check_writable_path
 from flanneld.backends import backend_class
 from flanneld.backends.base import Backend, BackendContext, ExternalInterface
 from flanneld.backoff import Backoff
 from flanneld.config import DaemonConfig
 from flanneld.endpoints import etcd_addresses
-from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableError
+from flanneld.errors import ConfigError, FlannelError, OutOfSubnetsError, StoreUnavailableError
 from flanneld.health import HealthServer, Readiness
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.lease_book import LeaseBook, LeaseEvent, LeaseEventKind
@@ -46,6 +48,22 @@ from flanneld.subnet_env import SubnetEnv, previous_subnet, write_docker_opts, w
 from flanneld.subnet_manager import LeaseLostError, SubnetManager
 
 log = logging.getLogger("flanneld")
+
+
+class StartupError(FlannelError):
+    """Start-up cannot go on (a busy port, missing privileges, an interface that never came)."""
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff in /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 12))
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
 
 InterfaceResolver = Callable[[DaemonConfig], Awaitable[ExternalInterface]]
 
@@ -102,18 +120,24 @@ class Daemon:
             self.exit_code = 1
             self.stopping.set()
 
-    async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]], cap: float = 10.0) -> Any:
-        """Call ``fn`` until it succeeds; log each distinct failure once; capped backoff."""
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]], cap: float = 10.0,
+                     give_up_after: float | None = None) -> Any:
+        """Call ``fn`` until it succeeds; log each distinct failure once; capped backoff.
+        With ``give_up_after``, the last error is raised once that many seconds have passed."""
         backoff = Backoff(0.5, cap)
         last = ""
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
         while True:
             try:
                 return await fn()
             except (FlannelError, OSError) as exc:
                 message = str(exc)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StartupError(f"{what}: {message} (gave up after {give_up_after:.0f}s)") from None
                 if message != last:
                     level = logging.ERROR if isinstance(exc, OutOfSubnetsError) else logging.WARNING
-                    log.log(level, "%s: %s (retrying)", what, message)
+                    waiting = "" if give_up_after is None else f", for up to {give_up_after:.0f}s"
+                    log.log(level, "%s: %s (retrying%s)", what, message, waiting)
                     last = message
                 delay = backoff.next()
             with contextlib.suppress(TimeoutError):
@@ -249,19 +273,39 @@ class Daemon:
         self.metrics.set_lease_expiry(lease.expiration)
         return lease
 
+    # An --iface that does not exist yet may appear (a NIC being renamed, a bond coming up):
+    # wait this long, then exit non-zero so that the supervisor sees it.
+    IFACE_WAIT = 60.0
+
     async def start(self) -> None:
         cfg = self.config
+        # What can be checked before anything is changed is checked first.
+        check_writable_path(cfg.subnet_file, "--subnet-file")
+        if cfg.docker_opts_file:
+            check_writable_path(cfg.docker_opts_file, "--docker-opts-file")
+        if cfg.cni_conf_file:
+            check_writable_path(cfg.cni_conf_file, "--cni-conf-file")
         if cfg.healthz_port:
             self.health = HealthServer(
                 self.readiness, self.metrics.render, host=cfg.healthz_ip, port=cfg.healthz_port,
                 metrics_content_type=self.metrics.content_type,
             )
-            await self.health.start()
+            try:
+                await self.health.start()
+            except OSError as exc:
+                del self.health
+                raise StartupError(f"--healthz-ip/--healthz-port {cfg.healthz_ip}:{cfg.healthz_port}: "
+                                   f"cannot listen: {os.strerror(exc.errno) if exc.errno else exc}") from None
         self.notifier.status("waiting for the network config")
         self.netconf = await self._load_network_config()
         btype = self.netconf.backend.type
         self.metrics.set_backend(btype)
-        ext = await self._retry("choosing the external interface", lambda: self.resolve_interface(cfg))
+        if backend_class(btype).needs_net_admin and not has_net_admin():
+            raise StartupError(
+                f"the {btype} backend needs root or CAP_NET_ADMIN (netlink, firewall rules); "
+                f"running as uid {os.geteuid()} without it")
+        ext = await self._retry("choosing the external interface", lambda: self.resolve_interface(cfg),
+                                give_up_after=self.IFACE_WAIT)
         log_event(log, "using interface", iface=ext.name, address=ext.address,
                   public_ip=ext.public_ip, mtu=ext.mtu, backend=btype)
         from flanneld.netlink import Netlink
@@ -561,7 +605,16 @@ class Daemon:
                     await starter
                 return self.exit_code
             stopper.cancel()
-            starter.result()
+            try:
+                starter.result()
+            except ConfigError as exc:
+                log.critical("%s", exc)
+                self.exit_code = 2
+                return self.exit_code
+            except FlannelError as exc:
+                log.critical("%s", exc)
+                self.exit_code = 1
+                return self.exit_code
             self._spawn(self._watch(), "watch")
             self._spawn(self._reconcile_loop(), "reconcile")
             self._spawn(self._keep_lease(), "lease")
@@ -585,7 +638,7 @@ class Daemon:
             netlink = getattr(self, "netlink", None)
             if netlink is not None:
                 await netlink.close()
-            health = getattr(self, "health", None)
+            health: HealthServer | None = getattr(self, "health", None)
             if health is not None:
                 await health.close()
             await self.store.close()

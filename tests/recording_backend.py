@@ -13,6 +13,7 @@ CALLS: list[tuple[str, object]] = []
 
 class RecordingBackend(Backend):
     type_name = "recording"
+    needs_net_admin = False
     peer_types = frozenset({"recording"})
 
     def mtu(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -190,25 +192,28 @@ async def test_hostile_keys_never_reach_the_backend_and_our_lease_is_reasserted(
     def rec(ip: str) -> bytes:
         return LeaseAttrs(IPv4Address(ip), "recording").to_json().encode()
 
+    # hostile subnets away from ours (the daemon picked its /24 at random)
+    b = 159 if 59 <= lease.subnet.network_address.packed[2] <= 70 else 59
+    good = f"10.9.{b + 11}.0/24"
     try:
         hostile = {
             "198.18.0.0-25": rec("198.18.0.0"),  # outside the Network: the underlay
             f"{lease.subnet.network_address}-25": rec("198.18.0.66"),  # half of our /24
-            "10.9.59.0-25": rec("198.18.0.59"),
-            "10.9.60.0-24": rec("0.0.0.0"),
-            "10.9.61.0-24": rec("255.255.255.255"),
-            "10.9.62.0-24": rec("127.0.0.1"),
-            "10.9.63.0-24": rec("224.0.0.1"),
+            f"10.9.{b}.0-25": rec("198.18.0.59"),
+            f"10.9.{b + 1}.0-24": rec("0.0.0.0"),
+            f"10.9.{b + 2}.0-24": rec("255.255.255.255"),
+            f"10.9.{b + 3}.0-24": rec("127.0.0.1"),
+            f"10.9.{b + 4}.0-24": rec("224.0.0.1"),
         }
         for name, value in hostile.items():
             await admin.put(prefix + name, value)
         for i in range(300):
             await admin.put(prefix + f"junk-{i}", b"\x00" * 100)
-        await admin.put(prefix + "10.9.70.0-24", rec("198.18.0.70"))  # one good peer
-        await until(lambda: ("reconcile", (False, ["10.9.70.0/24"])) in recording_backend.CALLS)
+        await admin.put(prefix + good.replace("/", "-"), rec("198.18.0.70"))  # one good peer
+        await until(lambda: ("reconcile", (False, [good])) in recording_backend.CALLS)
         for call, arg in recording_backend.CALLS:
             if call == "reconcile":
-                assert isinstance(arg, tuple) and set(arg[1]) <= {"10.9.70.0/24"}, arg
+                assert isinstance(arg, tuple) and set(arg[1]) <= {good}, arg
         assert metric(daemon, 'flannel_leases_rejected{reason="outside_network"}') == 1
         assert metric(daemon, 'flannel_leases_rejected{reason="wrong_prefix_length"}') == 2
         assert metric(daemon, 'flannel_leases_rejected{reason="bad_public_ip"}') == 4
@@ -236,14 +241,27 @@ async def test_hostile_keys_never_reach_the_backend_and_our_lease_is_reasserted(
 
 
 async def test_unwritable_subnet_file_keeps_the_daemon_running_and_retrying(
-    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import errno
+
+    import flanneld.daemon as daemon_module
+
     admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
     await admin.put(f"{etcd_prefix}/config", b'{"Network":"10.9.0.0/16","Backend":{"Type":"recording"}}')
-    blocker = tmp_path / "run"
-    blocker.write_text("a file where the directory should be")  # writes fail (ENOTDIR)
+    disk_full = [True]
+    real_write = daemon_module.write_subnet_env
+
+    def write(path: str, env: object) -> None:
+        if disk_full[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, env)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(daemon_module, "write_subnet_env", write)
+    subnet_file = tmp_path / "run" / "flannel" / "subnet.env"
     config = build_config(["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
-                           "--subnet-file", str(blocker / "flannel" / "subnet.env")], {})
+                           "--subnet-file", str(subnet_file)], {})
     daemon = Daemon(config, EtcdStore(parse_endpoints(config.etcd_endpoints)), fixed_interface)
     daemon.FILE_RETRY = 0.2
     task = asyncio.create_task(daemon.run())
@@ -251,18 +269,47 @@ async def test_unwritable_subnet_file_keeps_the_daemon_running_and_retrying(
         await until(lambda: daemon.readiness.subnet_file_error is not None)
         assert daemon.lease is not None and daemon.readiness.lease_held
         assert daemon.readiness.reason.startswith("subnet.env not written: ")
-        assert "Not a directory" in daemon.readiness.reason
+        assert "No space left on device" in daemon.readiness.reason
         assert metric(daemon, 'flannel_file_written{file="subnet_env"}') == 0
         await until(lambda: (metric(daemon, 'flannel_file_write_failures_total{file="subnet_env"}') or 0) >= 3)
         errors = [r for r in caplog.records if "writing state files failed" in r.getMessage()]
         assert len(errors) == 1  # one line per change of the error, not per attempt
         assert not task.done()
-        blocker.unlink()  # the operator frees the path: the next retry writes it
+        disk_full[0] = False  # room again: the next retry writes it
         await until(lambda: daemon.readiness.ready)
-        assert parse_subnet_env((blocker / "flannel" / "subnet.env").read_text())["FLANNEL_NETWORK"] == "10.9.0.0/16"
+        assert parse_subnet_env(subnet_file.read_text())["FLANNEL_NETWORK"] == "10.9.0.0/16"
         assert metric(daemon, 'flannel_file_written{file="subnet_env"}') == 1
         assert any("state files written after earlier failures" in r.getMessage() for r in caplog.records)
     finally:
         await admin.close()
         daemon.stopping.set()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_an_interface_that_never_appears_ends_start_up_non_zero(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flanneld.errors import ConfigError
+
+    admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+    await admin.put(f"{etcd_prefix}/config", b'{"Network":"10.9.0.0/16","Backend":{"Type":"recording"}}')
+    await admin.close()
+    calls = [0]
+
+    async def missing(config: DaemonConfig) -> ExternalInterface:
+        calls[0] += 1
+        raise ConfigError("no interface matches --iface nosuch0")
+
+    config = build_config(["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
+                           "--subnet-file", str(tmp_path / "subnet.env")], {})
+    daemon = Daemon(config, EtcdStore(parse_endpoints(config.etcd_endpoints)), missing)
+    daemon.IFACE_WAIT = 1.5
+    with caplog.at_level(logging.INFO, logger="flanneld"):
+        assert await asyncio.wait_for(daemon.run(), 20) == 1
+    assert calls[0] >= 2  # it waited and retried
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("for up to 2s" in m for m in messages), messages
+    gave_up = next(i for i, m in enumerate(messages) if "gave up after 2s" in m)
+    assert "nosuch0" in messages[gave_up]
+    assert messages.index("flanneld stopped") > gave_up  # the error first, then "stopped"
+    assert daemon.lease is None  # nothing was taken

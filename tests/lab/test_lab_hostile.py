@@ -200,17 +200,18 @@ def test_a_subnet_inside_a_peers_subnet_hijacks_nothing(lab: FaultLab) -> None:
 def test_wrong_prefix_lengths_and_absurd_public_ips_are_refused(lab: FaultLab) -> None:
     """Item 3: other prefix lengths and PublicIPs 0.0.0.0, 255.255.255.255, 127.0.0.1,
     224.0.0.1 used to be accepted (``fdb ... dst 0.0.0.0``)."""
-    puts = {
-        "10.244.200.0-23": lease_value(lab, ATTACKER),
-        "10.244.210.0-24": lease_value(lab, "0.0.0.0", "0e:aa:00:00:00:01"),
-        "10.244.211.0-24": lease_value(lab, "255.255.255.255", "0e:aa:00:00:00:02"),
-        "10.244.212.0-24": lease_value(lab, "127.0.0.1", "0e:aa:00:00:00:03"),
-        "10.244.213.0-24": lease_value(lab, "224.0.0.1", "0e:aa:00:00:00:04"),
-    }
+    # subnets no node holds (nodes pick theirs at random): the pair for the /23, then four
+    taken = {lab.subnet(n).network_address.packed[2] for n in lab.state.nodes}
+    pair = next(o for o in range(100, 254, 2) if not {o, o + 1} & taken)
+    free = [o for o in range(pair + 2, 254) if o not in taken][:4]
+    ips = ["0.0.0.0", "255.255.255.255", "127.0.0.1", "224.0.0.1"]
+    puts = {f"10.244.{pair}.0-23": lease_value(lab, ATTACKER)}
+    puts.update({f"10.244.{o}.0-24": lease_value(lab, ip, f"0e:aa:00:00:00:0{i + 1}")
+                 for i, (o, ip) in enumerate(zip(free, ips, strict=True))})
     with keys(lab, puts):
         wait_rejected(lab, {"wrong_prefix_length": 1, "bad_public_ip": 4})
         for node in lab.state.nodes:
-            for dst in ("10.244.200.0/23", *(f"10.244.{n}.0/24" for n in range(210, 214))):
+            for dst in (f"10.244.{pair}.0/23", *(f"10.244.{o}.0/24" for o in free)):
                 assert not routes_to(lab, node, dst), f"n{node} routes {dst}"
             if backend_of(lab) == "vxlan":
                 dsts = {entry.get("dst") for entry in lab.fdb(node)}
