@@ -28,10 +28,11 @@ from flanneld.backends import backend_class
 from flanneld.backends.base import Backend, BackendContext, ExternalInterface
 from flanneld.backoff import Backoff
 from flanneld.config import DaemonConfig
+from flanneld.config_watch import ConfigWatcher
 from flanneld.endpoints import etcd_addresses
 from flanneld.errors import ConfigError, FlannelError, OutOfSubnetsError, StoreUnavailableError
 from flanneld.health import HealthServer, Readiness
-from flanneld.lease import Lease, LeaseAttrs
+from flanneld.lease import Lease, LeaseAttrs, config_key
 from flanneld.lease_book import LeaseBook, LeaseEvent, LeaseEventKind
 from flanneld.lease_policy import REJECT_REASONS, LeasePolicy, Rejection
 from flanneld.lease_watch import LeaseWatcher
@@ -620,6 +621,9 @@ class Daemon:
             self._spawn(self._keep_lease(), "lease")
             self._spawn(self._resync_loop(), "resync")
             self._spawn(self._keep_files(), "files")
+            assert self.netconf is not None
+            self._spawn(ConfigWatcher(self.store, config_key(self.config.etcd_prefix),
+                                      self.netconf).run(), "config-watch")
             self._spawn(self._watch_store(), "store-health")
             if self.masq is not None:
                 self._spawn(self._keep_masq(), "masq")
