@@ -80,6 +80,7 @@ DROP_REASONS = frozenset(
         "not_local",
         "too_big",
         "tun_write_error",
+        "inner_source_not_peer",
     }
 )
 DIRECTIONS = ("rx", "tx")

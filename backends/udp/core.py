@@ -3,7 +3,8 @@
 Why: Go flannel's udp datapath (proxy.c) mixes packet logic with poll()/read()/sendto(); here the
 logic is pure so it can be unit-tested with golden packets and fuzzed, and the asyncio loop in
 `datapath.py` only moves bytes. Wire format (flannel's): the UDP payload is exactly one inner IPv4
-packet. Beyond flannel: every received datagram is validated and its sender must hold a lease.
+packet. Beyond flannel: every received datagram is validated, its sender must hold a lease, and
+its inner source must lie inside a subnet that sender leases (an outer source is easily forged).
 
 Checksums use one trick throughout: the RFC 1071 ones'-complement sum of 16-bit words equals the
 big-endian integer value of the data modulo 0xffff (because 2**16 == 1 mod 0xffff), and
@@ -47,6 +48,7 @@ class DropReason(enum.IntEnum):
     SEND_FAILED = 10  # sendto/sendmsg to the underlay failed (e.g. socket buffer full)
     TUN_WRITE_FAILED = 11
     BAD_OFFLOAD = 12  # malformed virtio-net header / GSO packet from the TUN
+    SOURCE_NOT_PEER_SUBNET = 13  # inner IPv4 source outside every subnet the sender leases
 
 
 DROP_REASONS = tuple(DropReason)
@@ -157,20 +159,25 @@ class LocalSubnet:
         return addr & self.mask == self.network
 
 
-def check_received(pkt: bytes | bytearray | memoryview, sender: str,
-                   leased: set[str] | frozenset[str], local: LocalSubnet) -> DropReason | None:
+def check_received(pkt: bytes | bytearray | memoryview, sender: str, routes: RouteTable,
+                   local: LocalSubnet) -> DropReason | None:
     """Validate a datagram received from underlay host `sender` before it is written to the TUN.
 
     Order: lease first (cheapest, and an unleased sender learns nothing), then the IPv4 header,
-    then the destination, which must lie in our own subnet.
+    then the destination, which must lie in our own subnet, then the inner source, which must
+    lie in a subnet `sender` leases: whoever can send from a leased address (or forge one) must
+    not inject packets from anywhere else. The ICMP errors a peer's node sends come from its
+    flannel0 address, <subnet>.0, which passes.
     """
-    if sender not in leased:
+    if sender not in routes.leased:
         return DropReason.SOURCE_NO_LEASE
     bad = check_ipv4(pkt)
     if bad is not None:
         return bad
     if int.from_bytes(pkt[16:20], "big") & local.mask != local.network:
         return DropReason.DESTINATION_NOT_LOCAL
+    if not routes.holds(sender, int.from_bytes(pkt[12:16], "big")):
+        return DropReason.SOURCE_NOT_PEER_SUBNET
     return None
 
 
@@ -208,14 +215,20 @@ def _ip_int(addr: str | ipaddress.IPv4Address) -> int:
     return int(ipaddress.IPv4Address(addr))
 
 
+# An inner-source key no address matches (`addr & 0 == -1` never holds): the datapath's
+# (mask, network) pairs, native order then network order, of a sender whose subnets cannot be
+# one AND/compare (several leases, or none left); its datagrams go to `RouteTable.holds`.
+NO_SOURCE = (0, -1, 0, -1)
+
+
 class RouteTable:
     """Peer subnet -> underlay (host, port). One dict per prefix length, keyed by masked address.
 
     Flannel uses one SubnetLen per network, so the hot path is one `dst & mask` and one dict get;
     a second length (config change) costs one more probe. Lookups see either the old or the new
     state of a concurrent update, never a half-built one (each update replaces a dict entry).
-    A change costs O(1) (plus the number of prefix lengths): `leased` follows per-host route
-    counts, so thousands of routes are set without re-walking the table each time.
+    A change costs O(1) (plus the number of prefix lengths): `leased` and the per-host subnets
+    follow each change, so thousands of routes are set without re-walking the table each time.
     """
 
     __slots__ = ("_hosts", "_masks", "_tables", "leased")
@@ -223,7 +236,8 @@ class RouteTable:
     def __init__(self) -> None:
         self._tables: dict[int, dict[int, tuple[str, int]]] = {}
         self._masks: tuple[tuple[int, dict[int, tuple[str, int]]], ...] = ()
-        self._hosts: dict[str, int] = {}  # underlay host -> number of subnets routed to it
+        # underlay host -> the (network, mask) of each subnet routed to it (an ordered set)
+        self._hosts: dict[str, dict[tuple[int, int], None]] = {}
         # underlay hosts holding a lease: received datagrams must come from one of them
         self.leased: set[str] = set()
 
@@ -234,14 +248,35 @@ class RouteTable:
             if t
         )
 
-    def _count(self, host: str, delta: int) -> None:
-        n = self._hosts.get(host, 0) + delta
-        if n > 0:
-            self._hosts[host] = n
-            self.leased.add(host)
-        else:
-            self._hosts.pop(host, None)
+    def _add(self, host: str, subnet: tuple[int, int]) -> None:
+        self._hosts.setdefault(host, {})[subnet] = None
+        self.leased.add(host)
+
+    def _discard(self, host: str, subnet: tuple[int, int]) -> None:
+        subnets = self._hosts.get(host)
+        if subnets is None:
+            return
+        subnets.pop(subnet, None)
+        if not subnets:
+            del self._hosts[host]
             self.leased.discard(host)
+
+    def sole_subnet(self, host: str) -> tuple[int, int] | None:
+        """(network, mask) of the one subnet routed to `host`; None when it holds none or
+        several (O(1): what the datapath's inline source check precomputes per sender)."""
+        subnets = self._hosts.get(host)
+        if subnets is None or len(subnets) != 1:
+            return None
+        return next(iter(subnets))
+
+    def holds(self, host: str, addr: int) -> bool:
+        """Whether `addr` lies in a subnet routed to `host` (any of them, not only the longest
+        match). One probe per prefix length, as `lookup`; safe beside concurrent changes."""
+        for mask, table in self._masks:
+            peer = table.get(addr & mask)
+            if peer is not None and peer[0] == host:
+                return True
+        return False
 
     def set(self, subnet: str | ipaddress.IPv4Network, host: str,
             port: int) -> tuple[str, int] | None:
@@ -250,12 +285,13 @@ class RouteTable:
         str(ipaddress.IPv4Address(host))  # validate
         table = self._tables.setdefault(net.prefixlen, {})
         key = int(net.network_address)
+        held = (key, int(net.netmask))
         old = table.get(key)
         if old is None or old[0] != host:
-            self._count(host, +1)  # before the route: a new peer's datagrams are welcome first
+            self._add(host, held)  # before the route: a new peer's datagrams are welcome first
         table[key] = (host, port)
         if old is not None and old[0] != host:
-            self._count(old[0], -1)
+            self._discard(old[0], held)
         if old is None and len(table) == 1:
             self._reindex()
         return old
@@ -266,7 +302,7 @@ class RouteTable:
         table = self._tables.get(net.prefixlen)
         old = table.pop(int(net.network_address), None) if table is not None else None
         if old is not None:
-            self._count(old[0], -1)
+            self._discard(old[0], (int(net.network_address), int(net.netmask)))
             if not table:
                 self._reindex()
         return old
@@ -380,7 +416,7 @@ def from_tun(pkt: bytearray | memoryview, routes: RouteTable, mtu: int) -> Verdi
 def accept_received(pkt: bytes | bytearray | memoryview, sender: str, routes: RouteTable,
                     local: LocalSubnet, drops: list[int]) -> bool:
     """check_received plus drop accounting: True when `pkt` may be written into the TUN."""
-    bad = check_received(pkt, sender, routes.leased, local)
+    bad = check_received(pkt, sender, routes, local)
     if bad is None:
         return True
     drops[bad] += 1

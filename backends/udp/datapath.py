@@ -111,7 +111,11 @@ class Datapath:
         self.routes = core.RouteTable()
         self.drops = core.new_drop_counters()
         self.icmp_sent = 0
-        # peer underlay host -> [tx_packets, tx_bytes, rx_packets, rx_bytes, (host, port)]
+        # peer underlay host -> [tx_packets, tx_bytes, rx_packets, rx_bytes, (host, port), key]:
+        # the key is the inner-source check of a leased host, its one subnet as (mask, network)
+        # in native order (what a 32-bit view of the packet's source reads) and in network
+        # order (what int.from_bytes(..., "big") reads), or core.NO_SOURCE (several subnets or
+        # none: the slow path decides)
         self.peers: dict[str, list[Any]] = {}
         # the poll thread's inline path: leased host -> its peers entry, and a per-destination
         # route cache (native-order address -> peers entry), both mutated in place
@@ -125,6 +129,7 @@ class Datapath:
         self._tdst = self._view[16:20].cast("I")  # destination, as the route cache keys it
         self._rx_buf = bytearray(65536 + 16)
         self._rx_view = memoryview(self._rx_buf)
+        self._rsrc = self._rx_view[12:16].cast("I")  # inner source, as the source keys read it
         self._gso: Any = None
         if self.offload:
             from flanneld.backends.udp.gso import OffloadPath  # numpy only in this mode
@@ -137,6 +142,7 @@ class Datapath:
         old = self.routes.set(subnet, *addr)  # validates; the slow paths follow it at once
         entry = self.peer_counters(underlay)
         entry[4] = addr
+        self._source_changed(underlay)  # before the entry enters the lease map
         self._leased[underlay] = entry
         self._routes_changed(old)
 
@@ -150,10 +156,22 @@ class Datapath:
         the route cache starts over (a fill racing with this change is undone by
         `route_miss`, which sees the generation move). Each step is atomic under the GIL, so
         the datapath thread sees the old or the new state."""
-        if old is not None and old[0] not in self.routes.leased:
-            self._leased.pop(old[0], None)
+        if old is not None:
+            self._source_changed(old[0])
+            if old[0] not in self.routes.leased:
+                self._leased.pop(old[0], None)
         self._route_gen += 1
         self.fast_routes.clear()
+
+    def _source_changed(self, host: str) -> None:
+        """Recompute `host`'s inner-source key after a route change, O(1): its one subnet's
+        (mask, network) in native and in network order, else NO_SOURCE. One tuple replaced in
+        one step, so the datapath thread reads the old or the new key, never half of each."""
+        entry = self.peers.get(host)
+        if entry is not None:
+            sub = self.routes.sole_subnet(host)
+            entry[5] = core.NO_SOURCE if sub is None else (
+                native_u32(sub[1]), native_u32(sub[0]), sub[1], sub[0])
 
     def route_entry(self, dst: memoryview) -> list[Any] | None:
         """The peers entry routing destination `dst` (4 bytes), through the route cache; the
@@ -189,7 +207,7 @@ class Datapath:
 
     def peer_counters(self, host: str) -> list[Any]:
         # setdefault: atomic under the GIL, the two datapath threads may meet a new peer at once
-        return self.peers.setdefault(host, [0, 0, 0, 0, (host, self.port)])
+        return self.peers.setdefault(host, [0, 0, 0, 0, (host, self.port), core.NO_SOURCE])
 
     # -- the hot loop ---------------------------------------------------------------------
     def handlers(self) -> tuple[Drain, Drain]:
@@ -267,7 +285,7 @@ class Datapath:
             raw, view, off, one, tdst = self._buf, self._view, 0, self.tun_slow_path, self._tdst
             rbufs, rwhole, space = [self._rx_view], self._rx_view, 0
         tbufs, rpkt, rslow = [raw], rbufs[0], self.sock_slow_path
-        rhdr, rdst = rpkt[:20].cast("I"), rpkt[16:20].cast("I")
+        rhdr, rsrc, rdst = rpkt[:20].cast("I"), rpkt[12:16].cast("I"), rpkt[16:20].cast("I")
         thc = view[off + 10:off + 12].cast("H")
         # offload: the virtio-net header's flags and gso_type (no GSO, no partial checksum)
         vnet = view[:2].cast("H") if off else memoryview(bytearray(2)).cast("H")
@@ -287,10 +305,12 @@ class Datapath:
                         continue
                     # leased sender, IPv4 without options, total length, header checksum
                     # (native-order words: the ones' complement sum is byte-order independent),
-                    # destination in our subnet
+                    # destination in our subnet, inner source in the sender's subnet (its key:
+                    # native (mask, network) first; NO_SOURCE matches nothing -> the slow path)
                     if ((e := leased.get(host)) is not None and not anc and n >= 20
                             and rpkt[0] == 0x45 and (rpkt[2] << 8) | rpkt[3] == n
-                            and not total(rhdr) % 0xFFFF and rdst[0] & mask_n == net_n):
+                            and not total(rhdr) % 0xFFFF and rdst[0] & mask_n == net_n
+                            and rsrc[0] & (k := e[5])[0] == k[1]):
                         try:
                             write(tfd, rwhole[:off + n])
                         except OSError:
@@ -326,9 +346,10 @@ class Datapath:
             tun_busy, sock_busy = tun_ready, sock_ready
 
     # The drains inline the common case (IPv4 without options, TTL > 1, a route / a leased
-    # sender, valid header checksum, destination ours): every extra call or attribute look-up
-    # is paid many times over when a lone packet (a ping) wakes a cache-cold process. All
-    # else takes the slow path through `core`, which also counts the drops.
+    # sender, valid header checksum, destination ours, inner source in the sender's subnet by
+    # the sender's key, as in the poll thread's inline path): every extra call or attribute
+    # look-up is paid many times over when a lone packet (a ping) wakes a cache-cold process.
+    # All else takes the slow path through `core`, which also counts the drops.
 
     def _on_tun(self, budget: int = BATCH) -> int:
         fd, bufs, view, raw, tdst = self.tun.fd, [self._buf], self._view, self._buf, self._tdst
@@ -404,24 +425,26 @@ class Datapath:
     def _on_sock(self, budget: int = BATCH) -> int:
         recv, view, raw, fd, write = self.sock.recvfrom_into, self._rx_view, self._rx_buf, \
             self.tun.fd, os.write
-        routes, local, peers = self.routes, self.local, self.peers
+        routes, local, peers, leased, rsrc = self.routes, self.local, self.peers, self._leased, \
+            self._rsrc
         mask, net = local.mask, local.network
         for i in range(budget):
             try:
                 n, (host, _port) = recv(raw)
             except BlockingIOError:
                 return i
-            if not (host in routes.leased and n >= 20 and raw[0] == 0x45
+            if not ((c := leased.get(host)) is not None and n >= 20 and raw[0] == 0x45
                     and (raw[2] << 8) | raw[3] == n and not int.from_bytes(raw[:20], "big") % 0xFFFF
-                    and int.from_bytes(raw[16:20], "big") & mask == net) \
-                    and not core.accept_received(view[:n], host, routes, local, self.drops):
-                continue
+                    and int.from_bytes(raw[16:20], "big") & mask == net
+                    and rsrc[0] & (k := c[5])[0] == k[1]):
+                if not core.accept_received(view[:n], host, routes, local, self.drops):
+                    continue
+                c = peers.get(host) or self.peer_counters(host)
             try:
                 write(fd, view[:n])
             except OSError:
                 self.drops[DropReason.TUN_WRITE_FAILED] += 1
                 continue
-            c = peers.get(host) or self.peer_counters(host)
             c[2] += 1
             c[3] += n
         return budget

@@ -44,6 +44,7 @@ class Datapath(Protocol):
     peers: dict[str, list[Any]]
 
     fast_routes: dict[int, list[Any]]
+    _leased: dict[str, list[Any]]  # leased host -> its peers entry (with its inner-source key)
 
     def peer_counters(self, host: str) -> list[Any]: ...
 
@@ -178,6 +179,7 @@ class OffloadPath:
         self.train_view = memoryview(bytearray(MAX_GSO_BYTES))  # small packets, back to back
         self.rbuf = bytearray(VNET_HDR_LEN + 65536 + 1024)  # starts with a zero vnet header
         self.rview = memoryview(self.rbuf)[VNET_HDR_LEN:]
+        self.rsrc = self.rview[12:16].cast("I")  # inner source, native order (sender keys)
         self.rbufs = [self.rview]
         self.cmsg_space = socket.CMSG_SPACE(4)
         self.super_packets_tx = 0
@@ -332,7 +334,7 @@ class OffloadPath:
         dp, recv, bufs, view, raw = self.dp, self.dp.sock.recvmsg_into, self.rbufs, self.rview, \
             self.rview
         whole, fd, write, space = memoryview(self.rbuf), dp.tun.fd, os.write, self.cmsg_space
-        routes, local, peers = dp.routes, dp.local, dp.peers
+        routes, local, peers, leased, rsrc = dp.routes, dp.local, dp.peers, dp._leased, self.rsrc
         mask, net = local.mask, local.network
         for i in range(budget):
             try:
@@ -343,26 +345,32 @@ class OffloadPath:
                 self.receive_train(n, anc, host)
                 continue
             # one packet: validate inline (see Datapath._on_sock), write behind the zero vnet hdr
-            if not (host in routes.leased and n >= 20 and raw[0] == 0x45
+            if not ((c := leased.get(host)) is not None and n >= 20 and raw[0] == 0x45
                     and (raw[2] << 8) | raw[3] == n and not int.from_bytes(raw[:20], "big") % 0xFFFF
-                    and int.from_bytes(raw[16:20], "big") & mask == net) \
-                    and not core.accept_received(view[:n], host, routes, local, dp.drops):
-                continue
+                    and int.from_bytes(raw[16:20], "big") & mask == net
+                    and rsrc[0] & (k := c[5])[0] == k[1]):
+                if not core.accept_received(view[:n], host, routes, local, dp.drops):
+                    continue
+                c = peers.get(host) or dp.peer_counters(host)
             try:
                 write(fd, whole[: VNET_HDR_LEN + n])
             except OSError:
                 dp.drops[DropReason.TUN_WRITE_FAILED] += 1
                 continue
-            c = peers.get(host) or dp.peer_counters(host)
             c[2] += 1
             c[3] += n
         return budget
 
     def receive_train(self, n: int, anc: list[tuple[int, int, bytes]], host: str) -> None:
-        dp, view, local = self.dp, self.rview, self.dp.local
-        if host not in dp.routes.leased:
+        dp, view, local, routes = self.dp, self.rview, self.dp.local, self.dp.routes
+        if host not in routes.leased:
             dp.drops[DropReason.SOURCE_NO_LEASE] += 1
             return
+        # the sender's inner-source key in network order (see Datapath.peers); a miss
+        # (NO_SOURCE: several subnets) asks the route table
+        e = dp._leased.get(host)
+        smask, snet = (core.NO_SOURCE if e is None else e[5])[2:]
+        dmask, dnet = local.mask, local.network
         seg = n
         for level, kind, data in anc:
             if level == SOL_UDP and kind == UDP_GRO:
@@ -371,8 +379,12 @@ class OffloadPath:
         for off in range(0, n, seg):
             p = view[off: min(n, off + seg)]
             bad = core.check_ipv4(p)
-            if bad is None and int.from_bytes(p[16:20], "big") & local.mask != local.network:
-                bad = DropReason.DESTINATION_NOT_LOCAL
+            if bad is None:
+                addrs = int.from_bytes(p[12:20], "big")  # source << 32 | destination
+                if addrs & dmask != dnet:  # dmask < 2**32: only the destination's bits
+                    bad = DropReason.DESTINATION_NOT_LOCAL
+                elif (addrs >> 32) & smask != snet and not routes.holds(host, addrs >> 32):
+                    bad = DropReason.SOURCE_NOT_PEER_SUBNET
             if bad is not None:
                 dp.drops[bad] += 1
             else:

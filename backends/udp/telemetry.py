@@ -16,9 +16,9 @@ from flanneld.backends.udp import core
 from flanneld.backends.udp.core import DropReason
 from flanneld.metrics import DropSample, TrafficSample
 
-# DropReason -> label of flannel_dropped_packets_total{reason}. "not_local", "too_big" and
-# "tun_write_error" are not (yet) in flanneld.metrics.DROP_REASONS: until they are, the
-# exporter folds them into "other".
+# DropReason -> label of flannel_dropped_packets_total{reason}. Every label must be in
+# flanneld.metrics.DROP_REASONS (the exporter folds an unknown one into "other"; a unit test
+# checks each DropReason); dashboards and alerts select on these names.
 DROP_LABELS: dict[DropReason, str] = {
     DropReason.TRUNCATED: "malformed",
     DropReason.NOT_IPV4: "malformed",
@@ -27,6 +27,7 @@ DROP_LABELS: dict[DropReason, str] = {
     DropReason.BAD_HEADER_CHECKSUM: "malformed",
     DropReason.BAD_OFFLOAD: "malformed",
     DropReason.SOURCE_NO_LEASE: "unknown_peer",
+    DropReason.SOURCE_NOT_PEER_SUBNET: "inner_source_not_peer",
     DropReason.DESTINATION_NOT_LOCAL: "not_local",
     DropReason.NO_ROUTE: "no_route",
     DropReason.TTL_EXPIRED: "ttl_exceeded",

@@ -34,7 +34,7 @@ def golden(dst: str = "10.244.1.5", src: str = "10.244.2.7", ttl: int = 64,
 
 def test_valid_packet_accepted() -> None:
     assert core.check_ipv4(golden()) is None
-    assert core.check_received(golden(), PEER, routes().leased, LOCAL) is None
+    assert core.check_received(golden(), PEER, routes(), LOCAL) is None
 
 
 @pytest.mark.parametrize(
@@ -70,18 +70,106 @@ def test_ip_options_packet_valid() -> None:
 
 
 def test_received_from_unleased_sender() -> None:
-    assert core.check_received(golden(), "198.18.0.99", routes().leased, LOCAL) is \
+    assert core.check_received(golden(), "198.18.0.99", routes(), LOCAL) is \
         DropReason.SOURCE_NO_LEASE
 
 
 def test_received_for_foreign_destination() -> None:
-    assert core.check_received(golden(dst="10.244.2.9"), PEER, routes().leased, LOCAL) is \
+    assert core.check_received(golden(dst="10.244.2.9"), PEER, routes(), LOCAL) is \
         DropReason.DESTINATION_NOT_LOCAL
 
 
 def test_lease_check_comes_first() -> None:
-    assert core.check_received(b"junk", "198.18.0.99", routes().leased, LOCAL) is \
+    assert core.check_received(b"junk", "198.18.0.99", routes(), LOCAL) is \
         DropReason.SOURCE_NO_LEASE
+
+
+# PEER (198.18.0.2) holds 10.244.2.0/24, 198.18.0.3 holds 10.244.3.0/24, we hold 10.244.1.0/24
+FORGED_SOURCES = {
+    "outside every subnet": "8.8.8.8",
+    "another peer's subnet": "10.244.3.7",
+    "the receiver's own subnet": "10.244.1.9",
+    "the receiver's flannel0 address": "10.244.1.0",
+    "the neighbour below the sender's subnet": "10.244.1.255",
+    "the neighbour above the sender's subnet (another peer's first address)": "10.244.3.0",
+    "the sender's subnet in another /16": "10.245.2.7",
+    "zero": "0.0.0.0",
+    "broadcast": "255.255.255.255",
+}
+
+
+@pytest.mark.parametrize("src", FORGED_SOURCES.values(), ids=FORGED_SOURCES.keys())
+def test_inner_source_outside_the_senders_subnet_is_dropped_and_counted(src: str) -> None:
+    """A datagram from a leased underlay address (trivially forged) whose inner source is not
+    inside the subnet that address leases is dropped, under its own reason."""
+    pkt = golden(src=src)
+    assert core.check_ipv4(pkt) is None
+    assert core.check_received(pkt, PEER, routes(), LOCAL) is DropReason.SOURCE_NOT_PEER_SUBNET
+    drops = core.new_drop_counters()
+    assert not core.accept_received(pkt, PEER, routes(), LOCAL, drops)
+    assert drops[DropReason.SOURCE_NOT_PEER_SUBNET] == 1 and sum(drops) == 1
+    assert core.drops_by_name(drops)["source_not_peer_subnet"] == 1
+
+
+@pytest.mark.parametrize("src", ["10.244.2.0", "10.244.2.1", "10.244.2.7", "10.244.2.255"])
+def test_inner_source_inside_the_senders_subnet_is_accepted(src: str) -> None:
+    drops = core.new_drop_counters()
+    assert core.accept_received(golden(src=src), PEER, routes(), LOCAL, drops)
+    assert sum(drops) == 0
+
+
+def test_icmp_error_from_the_peers_flannel0_address_passes() -> None:
+    """The peer node's kernel sources its ICMP errors from its flannel0 address (<subnet>.0),
+    which lies inside its subnet."""
+    offender = golden(src="10.244.1.5", dst="10.244.2.9")
+    err = bytes(IP(src="10.244.2.0", dst="10.244.1.5") / ICMP(type=3, code=1) / offender[:28])
+    assert core.check_received(err, PEER, routes(), LOCAL) is None
+    assert core.check_received(err, "198.18.0.3", routes(), LOCAL) is \
+        DropReason.SOURCE_NOT_PEER_SUBNET
+
+
+def test_inner_source_check_comes_after_the_header_checks() -> None:
+    bad = bytearray(golden(src="8.8.8.8"))
+    bad[10] ^= 0xFF
+    assert core.check_received(bytes(bad), PEER, routes(), LOCAL) is DropReason.BAD_HEADER_CHECKSUM
+    assert core.check_received(golden(src="8.8.8.8"), "198.18.0.99", routes(), LOCAL) is \
+        DropReason.SOURCE_NO_LEASE
+
+
+def test_a_public_ip_holding_several_leases_may_source_from_each() -> None:
+    t = routes()
+    t.set("10.244.5.0/25", PEER, 8285)
+    assert t.sole_subnet(PEER) is None  # several: no single (network, mask)
+    for src in ("10.244.2.7", "10.244.5.0", "10.244.5.127"):
+        assert core.check_received(golden(src=src), PEER, t, LOCAL) is None, src
+    for src in ("10.244.5.128", "10.244.3.7", "10.244.4.1"):
+        assert core.check_received(golden(src=src), PEER, t, LOCAL) is \
+            DropReason.SOURCE_NOT_PEER_SUBNET, src
+    assert t.remove("10.244.2.0/24") is not None
+    assert t.sole_subnet(PEER) == (0x0AF40500, 0xFFFFFF80)
+    assert core.check_received(golden(src="10.244.2.7"), PEER, t, LOCAL) is \
+        DropReason.SOURCE_NOT_PEER_SUBNET
+    assert core.check_received(golden(src="10.244.5.9"), PEER, t, LOCAL) is None
+
+
+def test_inner_source_follows_a_subnet_that_moves_to_another_host() -> None:
+    t = routes()
+    assert t.sole_subnet("198.18.0.3") == (0x0AF40300, 0xFFFFFF00)
+    t.set("10.244.3.0/24", PEER, 8285)  # 198.18.0.3's lease went to PEER
+    assert t.sole_subnet("198.18.0.3") is None and "198.18.0.3" not in t.leased
+    assert core.check_received(golden(src="10.244.3.7"), PEER, t, LOCAL) is None
+    assert core.check_received(golden(src="10.244.3.7"), "198.18.0.3", t, LOCAL) is \
+        DropReason.SOURCE_NO_LEASE
+
+
+def test_overlapping_subnets_each_sender_sources_from_its_own() -> None:
+    """'Inside a subnet of that sender', not 'the longest-prefix route points at it'."""
+    t = routes()
+    t.set("10.244.2.128/25", "198.18.0.9", 8285)
+    assert core.check_received(golden(src="10.244.2.200"), PEER, t, LOCAL) is None
+    assert core.check_received(golden(src="10.244.2.200"), "198.18.0.9", t, LOCAL) is None
+    assert core.check_received(golden(src="10.244.2.7"), "198.18.0.9", t, LOCAL) is \
+        DropReason.SOURCE_NOT_PEER_SUBNET
 
 
 @given(ttl=st.integers(2, 255), ident=st.integers(0, 0xFFFF), tos=st.integers(0, 255),
@@ -197,6 +285,8 @@ def test_from_tun_verdicts() -> None:
 _VALID = golden()
 _datagrams = st.one_of(
     st.binary(max_size=1600),
+    st.sampled_from([_VALID, golden(src="8.8.8.8"), golden(src="10.244.3.3"),
+                     golden(src="10.244.1.7")]),
     st.integers(0, len(_VALID)).map(lambda n: _VALID[:n]),
     st.tuples(st.integers(0, len(_VALID) - 1), st.integers(1, 255)).map(
         lambda t: _VALID[: t[0]] + bytes([_VALID[t[0]] ^ t[1]]) + _VALID[t[0] + 1:]),
@@ -217,6 +307,7 @@ def test_fuzz_received_datagrams_never_raise_and_are_counted(pkt: bytes, sender:
     assert sum(drops) == (0 if accepted else 1)
     if accepted:
         assert sender in t.leased and core.check_ipv4(pkt) is None
+        assert t.holds(sender, int.from_bytes(pkt[12:16], "big"))  # inner source: the sender's
     # and the TUN-side decision never raises either
     v = core.from_tun(bytearray(pkt), t, 1472)
     assert (v.peer is None) == (v.drop is not None)
@@ -236,7 +327,7 @@ def test_fuzz_totals() -> None:
     # the generator reaches every validation reason
     for r in (DropReason.TRUNCATED, DropReason.NOT_IPV4, DropReason.BAD_HEADER_LENGTH,
               DropReason.BAD_HEADER_CHECKSUM, DropReason.SOURCE_NO_LEASE,
-              DropReason.BAD_TOTAL_LENGTH):
+              DropReason.BAD_TOTAL_LENGTH, DropReason.SOURCE_NOT_PEER_SUBNET):
         assert drops[r] > 0, r
 
 
@@ -246,13 +337,20 @@ def test_route_table_follows_hosts_per_change() -> None:
     t = core.RouteTable()
     assert t.set("10.244.2.0/24", PEER, 8285) is None
     assert t.set("10.244.3.0/24", PEER, 8285) is None
+    assert t.sole_subnet(PEER) is None  # two subnets
     assert t.set("10.244.3.0/24", "198.18.0.3", 8285) == (PEER, 8285)
     assert t.leased == {PEER, "198.18.0.3"}
+    # the per-host subnets follow each change: the inner-source check's (network, mask)
+    assert t.sole_subnet(PEER) == (0x0AF40200, 0xFFFFFF00)
+    assert t.sole_subnet("198.18.0.3") == (0x0AF40300, 0xFFFFFF00)
+    assert t.holds(PEER, 0x0AF402FF) and not t.holds(PEER, 0x0AF40301)
     assert t.remove("10.244.2.0/24") == (PEER, 8285)
     assert t.leased == {"198.18.0.3"} and t.lookup(0x0AF40201) is None
+    assert t.sole_subnet(PEER) is None and not t.holds(PEER, 0x0AF40201)
     with pytest.raises(ValueError):
         t.set("10.244.4.0/24", "not-an-ip", 8285)
     assert t.leased == {"198.18.0.3"} and len(t) == 1
+    assert t.sole_subnet("198.18.0.3") == (0x0AF40300, 0xFFFFFF00)
     assert not t.delete("10.244.9.0/24")
     assert t.delete("10.244.3.0/24") and t.leased == set() and len(t) == 0
 

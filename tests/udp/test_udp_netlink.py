@@ -170,6 +170,59 @@ def test_crafted_datagram_lease_check(nodes: Path) -> None:
         dp.stop()
 
 
+_SEND_ALL = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+for h in sys.argv[3:]:
+    s.sendto(bytes.fromhex(h), (sys.argv[2], 8285))
+"""
+_RECV_ALL = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+print("listening", flush=True)
+s.settimeout(float(sys.argv[1]))
+try:
+    while True:
+        data, addr = s.recvfrom(2048)
+        print(addr[0], data.decode(), flush=True)
+except TimeoutError:
+    print("idle", flush=True)
+"""
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_forged_inner_sources_are_dropped(nodes: Path, offload: bool) -> None:
+    """Datagrams from node 2's leased underlay address whose inner source is not in node 2's
+    subnet never reach the pod and are counted; valid inner sources still do."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.packet import Raw
+
+    dp = topo.start_ours(0, nodes, offload=offload)  # node 1 only; 198.18.0.2 leases 10.244.2.0/24
+    try:
+        assert control(dp.extra["control"], op="set_route", subnet="10.244.5.0/24",
+                       underlay="198.18.0.3")["ok"]  # another leased peer
+        forged = {"8.8.8.8": "outside", "10.244.5.5": "other-peer", "10.244.1.9": "receiver",
+                  "10.244.3.0": "neighbour", "10.245.2.7": "other-16"}
+        valid = {"10.244.2.7": "pod", "10.244.2.0": "flannel0", "10.244.2.255": "last"}
+        rx = topo.node_exec(topo.PODS[0], [topo.PYTHON, "-c", _RECV_ALL, "1.5"],
+                            nodes / "rx-all.log")
+        topo.wait_for(lambda: "listening" in rx.output(), 10, "pod listener")
+        pkts = [bytes(IP(src=src, dst=topo.POD_IPS[0], ttl=9) / UDP(sport=5555, dport=9999)
+                      / Raw(tag.encode())).hex() for src, tag in (*forged.items(), *valid.items())]
+        topo.sh(topo.PYTHON, "-c", _SEND_ALL, topo.UNDERLAY[1], topo.UNDERLAY[0], *pkts,
+                ns=topo.NODES[1])
+        rx.popen.wait(20)
+        got = {ln.split()[1] for ln in rx.output().splitlines() if len(ln.split()) == 2}
+        assert got == set(valid.values()), rx.output()
+        s = stats(dp)
+        assert s["drops"]["source_not_peer_subnet"] == len(forged), s["drops"]
+        assert s["peers"][topo.UNDERLAY[1]]["rx_packets"] == len(valid)
+    finally:
+        dp.stop()
+
+
 @pytest.fixture(scope="module")
 def cfwd_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("gcc") is None:

@@ -85,3 +85,29 @@ def test_route_miss_racing_a_route_change_leaves_no_stale_entry() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_inner_source_keys_follow_route_changes() -> None:
+    """Each leased host's entry carries its one subnet as (mask, network), native order and
+    network order (what the inline paths test the inner source against); several subnets or
+    none: NO_SOURCE, which matches no address."""
+    a, b = lp.pair()
+    try:
+        dp = b.dp
+        key = (native_u32(0xFFFFFF00), native_u32(0x0AF40100), 0xFFFFFF00, 0x0AF40100)
+        entry = dp._leased["127.0.0.1"]
+        assert entry[5] == key  # 10.244.1.0/24
+        dp.set_route("10.244.4.0/25", "127.0.0.1")
+        assert entry[5] == core.NO_SOURCE
+        assert all(s & core.NO_SOURCE[0] != core.NO_SOURCE[1] for s in (0, 2**32 - 1))
+        dp.set_route("10.244.4.0/25", "127.0.0.2")  # moves away: one subnet again
+        assert entry[5] == key
+        assert dp._leased["127.0.0.2"][5] == (native_u32(0xFFFFFF80), native_u32(0x0AF40400),
+                                              0xFFFFFF80, 0x0AF40400)
+        assert dp.del_route("10.244.4.0/25")
+        assert "127.0.0.2" not in dp._leased and dp.peers["127.0.0.2"][5] == core.NO_SOURCE
+        assert dp.del_route(lp.SUBNETS[0])
+        assert entry[5] == core.NO_SOURCE and "127.0.0.1" not in dp._leased
+    finally:
+        a.close()
+        b.close()

@@ -16,7 +16,7 @@ import loopback_pair as lp
 
 from flanneld import metrics
 from flanneld.backends.base import BackendContext, ExternalInterface
-from flanneld.backends.udp import telemetry
+from flanneld.backends.udp import core, telemetry
 from flanneld.backends.udp.backend import UDPBackend
 from flanneld.backends.udp.core import DropReason
 from flanneld.netconfig import network_config_from_dict
@@ -60,10 +60,43 @@ def series(text: str, name: str) -> dict[str, float]:
 
 def test_every_drop_reason_has_a_label() -> None:
     assert set(telemetry.DROP_LABELS) == set(DropReason)
-    labels = set(telemetry.DROP_LABELS.values())
-    # every label is one the exporter knows (an unknown one would be exported as "other")
-    assert labels <= metrics.DROP_REASONS, labels - metrics.DROP_REASONS
-    assert "other" not in labels
+    for reason in DropReason:
+        label = telemetry.DROP_LABELS[reason]
+        # a label the exporter knows (an unknown one would be exported as "other")
+        assert label in metrics.DROP_REASONS, (reason, label)
+        assert label != "other", reason
+
+
+def test_drop_labels_keep_their_names() -> None:
+    """Dashboards and alerts select on these label values: renaming one breaks them."""
+    assert {r.name.lower(): label for r, label in telemetry.DROP_LABELS.items()} == {
+        "truncated": "malformed", "not_ipv4": "malformed", "bad_header_length": "malformed",
+        "bad_total_length": "malformed", "bad_header_checksum": "malformed",
+        "bad_offload": "malformed", "source_no_lease": "unknown_peer",
+        "source_not_peer_subnet": "inner_source_not_peer",
+        "destination_not_local": "not_local", "no_route": "no_route",
+        "ttl_expired": "ttl_exceeded", "too_big": "too_big", "send_failed": "send_error",
+        "tun_write_failed": "tun_write_error",
+    }
+
+
+def test_every_drop_reason_reaches_prometheus_under_its_own_label() -> None:
+    """Each DropReason counted once (with a distinct count) shows up in /metrics under its
+    label, summed per label, and nothing is folded into reason="other"."""
+
+    class Counters:
+        peers: dict[str, list[object]] = {}
+        drops = [1 << r for r in DropReason]  # distinct bits: the sums tell who went where
+        routes = core.RouteTable()
+
+    m = metrics.Metrics(backend="udp")
+    m.add_forwarding_source(lambda: telemetry.samples(Counters()))
+    drops = series(m.render().decode(), "flannel_dropped_packets_total")
+    want: dict[str, int] = {}
+    for r, label in telemetry.DROP_LABELS.items():
+        want[f'reason="{label}"'] = want.get(f'reason="{label}"', 0) + (1 << r)
+    assert 'reason="other"' not in drops or drops['reason="other"'] == 0, drops
+    assert {k: v for k, v in drops.items() if v} == want
 
 
 def test_source_yields_per_peer_traffic_and_drops(nodes: tuple[lp.Node, lp.Node]) -> None:
