@@ -8,6 +8,9 @@ one object per daemon run, driven by the daemon in this order:
 2. ``prepare()``: create or reuse the fabric device (a VTEP MAC must exist before the lease is
    written) and return the ``LeaseAttrs`` to publish.
 3. ``activate(lease)``: program what depends on the node's own lease (device address, routes).
+   Called again when the daemon re-acquired a *different* subnet: it then replaces what
+   depended on the old lease (the old device address goes; udp stops its old datapath thread,
+   so there is always one).
 4. ``reconcile(peers, full)``: make the kernel match the peer set, idempotently; ``full`` observes
    the kernel (start-up and drift pass) instead of trusting the last applied state.
 5. ``close()``: stop background work but leave the datapath in place, so pods keep talking while

@@ -15,7 +15,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar, TypeVar
 
 from flanneld.backends.base import Backend, BackendContext, ReconcileResult
@@ -27,6 +27,7 @@ from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
 from flanneld.netlink import Netlink
+from flanneld.netops import Delete, Op
 
 T = TypeVar("T")
 
@@ -108,19 +109,30 @@ class UDPBackend(Backend):
         return LeaseAttrs(public_ip=self.ctx.ext.public_ip)
 
     async def activate(self, lease: Lease) -> None:
+        """Start forwarding for ``lease``; called again after the daemon re-acquired another
+        subnet, it stops the old datapath thread first and moves flannel0's address (one
+        thread, one address: the peers' routes are set again by the next reconcile)."""
         if self._tun is None or self._sock is None:
             raise RuntimeError("activate before prepare")
+        loop = asyncio.get_running_loop()
+        if self.datapath is not None:
+            self.datapath.stop(loop)
+            self.datapath = None
         await self._configure_device(lease.subnet)
         self.datapath = Datapath(self._tun, self._sock, str(lease.subnet), self.mtu(), self.port,
                                  offload=self.offload)
-        self.datapath.start(asyncio.get_running_loop())
+        self.datapath.start(loop)
 
     async def _configure_device(self, subnet: IPv4Network) -> int:
-        """`<subnet .0>/32` on flannel0 and the Network routed through it; returns failures."""
+        """`<subnet .0>/32` on flannel0 (and no other address) and the Network routed
+        through it; returns failures."""
         assert self._tun is not None
         ifindex = socket.if_nametoindex(self._tun.name) if self._netns is None else \
             _in_netns(self._netns, lambda: socket.if_nametoindex(self._tun.name))  # type: ignore[union-attr]
-        outcomes = await self._netlink.apply(device_ops(ifindex, subnet, self.ctx.netconf.network))
+        ops: list[Op] = list(device_ops(ifindex, subnet, self.ctx.netconf.network))
+        want = IPv4Address(subnet.network_address)
+        ops += [Delete(a) for a in await self._netlink.addresses(ifindex) if a.address != want]
+        outcomes = await self._netlink.apply(ops)
         return sum(1 for o in outcomes if not o.ok)
 
     async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:

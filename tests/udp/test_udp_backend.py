@@ -92,3 +92,30 @@ def test_backend_forwards_to_a_standalone_peer(nodes: Path, offload: bool) -> No
         asyncio.run(scenario())
     finally:
         peer.stop()
+
+
+def test_activate_again_for_another_subnet_keeps_one_thread_and_one_address(nodes: Path) -> None:
+    """The daemon re-acquired a different subnet: the old datapath thread stops, the old /32
+    leaves flannel0, and forwarding goes on with the new subnet (it once ran two threads and
+    kept both addresses)."""
+    import threading
+
+    async def scenario() -> None:
+        be = UDPBackend(context(), netns=topo.NODES[0])
+        try:
+            attrs = await be.prepare()
+            await be.activate(Lease(IPv4Network(topo.SUBNETS[0]), attrs))
+            first = be.datapath
+            await be.activate(Lease(IPv4Network("10.244.77.0/24"), attrs))
+            threads = [t for t in threading.enumerate() if t.name == "udp-datapath"]
+            assert len(threads) == 1, threads
+            assert be.datapath is not first and first is not None and first._thread is None
+            addr = topo.sh("ip", "-4", "-o", "addr", "show", "flannel0", ns=topo.NODES[0]).stdout
+            assert "10.244.77.0/32" in addr and "10.244.1.0/32" not in addr, addr
+            assert be.datapath is not None and be.datapath.local.contains(
+                int(IPv4Address("10.244.77.5")))
+        finally:
+            await be.close()
+        assert not [t for t in threading.enumerate() if t.name == "udp-datapath"]
+
+    asyncio.run(scenario())
