@@ -40,25 +40,14 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from flanneld import __version__
+from flanneld.store import STORE_OPS
 
 # The ``*_created`` gauges double the exposition size and no dashboard of ours reads them.
 # (A process-wide switch of prometheus-client; this module owns the daemon's metrics.)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Closed label value sets: anything else becomes "other".
-ETCD_OPS = frozenset(
-    {
-        "get",
-        "get_prefix",
-        "put",
-        "delete",
-        "txn",
-        "lease_grant",
-        "lease_revoke",
-        "watch",
-        "status",
-    }
-)
+ETCD_OPS = frozenset(STORE_OPS)  # the names the stores use, from one place
 ETCD_RESULTS = frozenset({"ok", "error", "timeout"})
 LEASE_EVENTS = frozenset({"acquire", "renew", "lose", "reacquire", "release", "conflict"})
 FILES = frozenset({"subnet_env", "docker_opts", "cni_conf"})

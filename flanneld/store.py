@@ -12,8 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-# (op, result, seconds) -> None; the daemon feeds metrics from it.
+# (op, result, seconds) -> None; the daemon feeds metrics from it.  ``op`` is one of STORE_OPS.
 RequestObserver = Callable[[str, str, float], None]
+
+# Every request kind a store reports, one per protocol method (the metrics' label values:
+# flanneld.metrics.ETCD_OPS is this set, tests/ops/test_ops_metrics.py checks the stores).
+STORE_OPS = ("get", "list", "grant", "revoke", "ttl", "create", "update", "put", "delete", "watch")
 
 
 @dataclass(frozen=True)

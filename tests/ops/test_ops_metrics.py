@@ -143,7 +143,7 @@ def test_etcd_request_inside_coroutine_and_cancellation() -> None:
     m = Metrics(backend="vxlan")
 
     async def call() -> None:
-        with m.etcd_request("txn"):
+        with m.etcd_request("create"):
             await asyncio.sleep(0)
 
     async def cancelled() -> None:
@@ -159,7 +159,7 @@ def test_etcd_request_inside_coroutine_and_cancellation() -> None:
             await t
 
     asyncio.run(main())
-    assert value(m, "flannel_etcd_requests_total", op="txn", result="ok") == 1
+    assert value(m, "flannel_etcd_requests_total", op="create", result="ok") == 1
     # A cancelled request (shutdown) is not an etcd error.
     assert 'op="watch"' not in m.render().decode()
 
@@ -216,3 +216,26 @@ def test_promtool_accepts_exposition(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stdout + out.stderr
         # promtool prints lint problems (e.g. counters without _total) and still exits 0 for some.
         assert out.stdout.strip() == b"" and out.stderr.strip() == b"", out
+
+
+def test_every_op_a_store_reports_has_its_own_label() -> None:
+    """The op names come from one place (store.STORE_OPS); each name the stores pass to their
+    observer / request log is declared, so none is exported as "other"."""
+    from flanneld.metrics import ETCD_OPS
+    from flanneld.store import STORE_OPS
+
+    src = Path(__file__).resolve().parents[2] / "flanneld"
+    used: set[str] = set()
+    for name in ("etcd_store.py", "memory_store.py"):
+        text = (src / name).read_text()
+        used |= set(re.findall(r'_(?:call|txn|observe|check)\(\s*"([a-z_]+)"', text))
+    assert len(used) >= 9, used
+    assert used <= set(STORE_OPS), used - set(STORE_OPS)
+    assert set(STORE_OPS) == ETCD_OPS
+    m = Metrics(backend="vxlan")
+    for op in STORE_OPS:
+        m.etcd_result(op, "ok", 0.001)
+    text = m.render().decode()
+    for op in STORE_OPS:
+        assert f'flannel_etcd_requests_total{{op="{op}",result="ok"}} 1.0' in text, op
+    assert 'op="other"' not in text
