@@ -34,6 +34,7 @@ from flanneld.errors import ConfigError, FlannelError, OutOfSubnetsError, StoreU
 from flanneld.health import HealthServer, Readiness
 from flanneld.lease import Lease, LeaseAttrs, config_key
 from flanneld.lease_book import LeaseBook, LeaseEvent, LeaseEventKind
+from flanneld.lease_keeper import KeeperHooks, LeaseKeeper
 from flanneld.lease_policy import REJECT_REASONS, LeasePolicy, Rejection
 from flanneld.lease_watch import LeaseWatcher
 from flanneld.logging_setup import log_event
@@ -46,7 +47,7 @@ from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
 from flanneld.store import LeaseStore
 from flanneld.store_health import StoreHealth
 from flanneld.subnet_env import SubnetEnv, previous_subnet, write_docker_opts, write_subnet_env
-from flanneld.subnet_manager import LeaseLostError, SubnetManager
+from flanneld.subnet_manager import SubnetManager
 
 log = logging.getLogger("flanneld")
 
@@ -70,6 +71,7 @@ InterfaceResolver = Callable[[DaemonConfig], Awaitable[ExternalInterface]]
 
 
 class Daemon:
+    watcher: LeaseWatcher  # set at the end of start()
     def __init__(
         self,
         config: DaemonConfig,
@@ -88,13 +90,12 @@ class Daemon:
         self.notifier.follow_readiness(self.readiness)
         self.readiness.add_listener(lambda ready, reason: self.metrics.set_ready(ready))
         self.stopping = asyncio.Event()
-        self.lease: Lease | None = None
+        self.keeper: LeaseKeeper | None = None
         self.attrs: LeaseAttrs | None = None
         self.netconf: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.peers: dict[IPv4Network, Lease] = {}
         self._dirty = asyncio.Event()
-        self._lease_lost = asyncio.Event()  # our key was deleted or rewritten: defend it
         self._files_pending = asyncio.Event()  # a state file still has to be (re)written
         self._file_error: str | None = None
         self.store_health = StoreHealth(config.etcd_unreachable_not_ready)
@@ -103,6 +104,20 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.masq: MasqRules | None = None
         self.exit_code = 0  # 1 when a task died; 0 after SIGTERM/SIGINT
+
+    @property
+    def lease(self) -> Lease | None:
+        """The node's own lease (held by the lease keeper)."""
+        return self.keeper.lease if self.keeper is not None else None
+
+    async def _lease_moved(self, new: Lease, old: Lease) -> None:
+        """The lease keeper re-acquired another subnet: reprogram what depends on it."""
+        assert self.backend is not None
+        self.peers.pop(new.subnet, None)
+        await self.backend.activate(new)
+        await self._program_masq()
+        self._write_files()
+        self._dirty.set()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -257,23 +272,6 @@ class Daemon:
             log.warning("network config: unknown field %r ignored", name)
         return netconf
 
-    async def _acquire(self, previous: IPv4Network | None) -> Lease:
-        assert self.attrs is not None and self.netconf is not None
-        attrs, netconf = self.attrs, self.netconf
-
-        async def acquire() -> Lease:
-            try:
-                lease = await self.manager.acquire(attrs, netconf, previous)
-            except (StoreUnavailableError, OutOfSubnetsError):
-                self.metrics.lease_event("acquire", False)
-                raise
-            self.metrics.lease_event("acquire", True)
-            return lease
-
-        lease: Lease = await self._retry("acquiring a subnet lease", acquire, cap=30.0)
-        self.metrics.set_lease_expiry(lease.expiration)
-        return lease
-
     # An --iface that does not exist yet may appear (a NIC being renamed, a bond coming up):
     # wait this long, then exit non-zero so that the supervisor sees it.
     IFACE_WAIT = 60.0
@@ -315,7 +313,16 @@ class Daemon:
         self.backend = backend_class(btype)(BackendContext(ext, self.netconf), netlink=self.netlink)
         self.attrs = await self.backend.prepare()
         self.notifier.status("acquiring a subnet lease")
-        self.lease = await self._acquire(previous_subnet(cfg.subnet_file))
+        self.keeper = LeaseKeeper(
+            self.manager, self.attrs, self.netconf,
+            renew_margin=cfg.subnet_lease_renew_margin * 60.0, ttl=cfg.subnet_lease_ttl,
+            hooks=KeeperHooks(
+                held=self.readiness.set_lease_held, conflict=self.readiness.set_lease_conflict,
+                event=self.metrics.lease_event, expiry=self.metrics.set_lease_expiry,
+                store_back=lambda: self.watcher.wake(), moved=self._lease_moved),
+            stopping=self.stopping)
+        await self.keeper.acquire(previous_subnet(cfg.subnet_file))
+        assert self.lease is not None
         self.readiness.set_lease_held(True)
         await self.backend.activate(self.lease)
         self.metrics.add_forwarding_source(self.backend.forwarding_source())
@@ -410,7 +417,8 @@ class Daemon:
             lease = event.lease
             if lease.subnet == self.lease.subnet:
                 if event.kind is LeaseEventKind.REMOVED or lease.attrs != self.lease.attrs:
-                    self._lease_lost.set()  # deleted, rejected or rewritten: defend it
+                    assert self.keeper is not None
+                    self.keeper.trouble()  # deleted, rejected or rewritten: defend it
                 continue
             if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
                 if self.peers.pop(lease.subnet, None) is not None:
@@ -451,144 +459,6 @@ class Daemon:
             if full:
                 next_full = time.monotonic() + interval
 
-    def _renew_delay(self) -> float | None:
-        assert self.lease is not None
-        if self.lease.expiration is None:
-            return None
-        margin = min(self.config.subnet_lease_renew_margin * 60.0, self.config.subnet_lease_ttl / 2)
-        return max(0.0, self.lease.expiration - margin - time.time())
-
-    # While etcd does not answer, renewal is retried every 1..3 s (jittered): renewed within a
-    # few seconds of etcd's return, at negligible cost meanwhile.  One log line when it starts
-    # failing, one when the lease runs out by our clock, one reminder a minute, one on success.
-    RENEW_RETRY_CAP = 3.0
-    RENEW_REMINDER = 60.0
-
-    async def _keep_lease(self) -> None:
-        retry_at: float | None = None
-        backoff = Backoff(1.0, self.RENEW_RETRY_CAP)
-        failing_since: float | None = None
-        attempts = 0
-        remind_at = 0.0
-        expiry_logged = False
-        while True:
-            assert self.lease is not None
-            delay = self._renew_delay() if retry_at is None else max(0.0, retry_at - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_lost.wait(), delay)
-            if self._lease_lost.is_set():
-                if not await self._defend():
-                    retry_at = time.monotonic() + backoff.next()
-                    continue
-                retry_at = None
-                continue
-            try:
-                self.lease = await self.manager.renew(self.lease)
-            except LeaseLostError:
-                self._lease_lost.set()
-                continue
-            except StoreUnavailableError as exc:
-                self.metrics.lease_event("renew", False)
-                now = time.monotonic()
-                left = (self.lease.expiration or time.time()) - time.time()
-                attempts += 1
-                if failing_since is None:
-                    failing_since, remind_at = now, now + self.RENEW_REMINDER
-                    log.warning("renewing lease %s failed: %s; retrying every %.0fs at most "
-                                "(expires in %.0fs)", self.lease.subnet, exc, self.RENEW_RETRY_CAP, left)
-                elif now >= remind_at:
-                    remind_at = now + self.RENEW_REMINDER
-                    log.warning("renewing lease %s still failing (%d attempts in %.0fs): %s",
-                                self.lease.subnet, attempts, now - failing_since, exc)
-                if left <= 0 and not expiry_logged:
-                    expiry_logged = True
-                    # Not ready: another node could be handed this subnet.  The datapath stays.
-                    self.readiness.set_lease_held(False)
-                    log.error("lease %s ran out by our clock while etcd is unreachable; the "
-                              "datapath stays up and the lease is renewed once etcd answers",
-                              self.lease.subnet)
-                retry_at = now + backoff.next()
-                continue
-            if failing_since is not None:
-                log.warning("lease renewed after %d failed attempts in %.1fs", attempts,
-                            time.monotonic() - failing_since)
-                self.watcher.wake()  # etcd answers again: do not wait out the watch's backoff
-            if expiry_logged:
-                self.readiness.set_lease_held(True)
-            retry_at, failing_since, attempts, expiry_logged = None, None, 0, False
-            backoff.reset()
-            self.metrics.lease_event("renew", True)
-            self.metrics.set_lease_expiry(self.lease.expiration)
-            log_event(log, "lease renewed", subnet=self.lease.subnet,
-                      expires_in_s=round((self.lease.expiration or 0) - time.time()))
-
-    async def _defend(self) -> bool:
-        """Our key was deleted or holds another value: put it back while our etcd lease lives
-        (see SubnetManager.defend for the rule), else re-acquire.  False: etcd did not answer
-        (retried by the caller; the datapath stays as it is)."""
-        assert self.lease is not None
-        self._lease_lost.clear()
-        subnet = self.lease.subnet
-        try:
-            kv = await self.manager.store.get(self.manager.key(subnet))
-            if kv is not None:
-                holder = self.manager.decode(kv)
-                who = f"PublicIP {holder.attrs.public_ip}" if holder is not None else "a bad value"
-                self.readiness.set_lease_conflict(
-                    f"lease conflict: our key {subnet} holds {who}")
-                log.error("LEASE CONFLICT: our lease key for subnet %s was rewritten (now %s, "
-                          "etcd lease %x); our etcd lease %x is alive, re-asserting our lease",
-                          subnet, who, kv.lease_id, self.lease.etcd_lease_id)
-            else:
-                self.metrics.lease_event("lose", True)
-                self.readiness.set_lease_held(False)
-                log.error("LEASE LOST: our lease key for subnet %s was deleted; re-creating it "
-                          "(the datapath stays up meanwhile)", subnet)
-            self.lease, how = await self.manager.defend(self.lease)
-        except LeaseLostError as exc:
-            self.readiness.set_lease_conflict(None)
-            self.readiness.set_lease_held(True)  # so that _reacquire reports "lease lost"
-            log.error("%s", exc)
-            await self._reacquire()
-            return True
-        except StoreUnavailableError as exc:
-            log.warning("checking our lease %s failed: %s; retrying", subnet, exc)
-            self._lease_lost.set()
-            return False
-        if how == "reasserted":
-            self.metrics.lease_event("conflict", True)
-            log_event(log, "lease re-asserted", level=logging.WARNING, subnet=subnet)
-        elif how == "restored":
-            self.metrics.lease_event("reacquire", True)
-            log_event(log, "lease re-acquired", subnet=subnet, how="re-created")
-        self.readiness.set_lease_conflict(None)
-        self.readiness.set_lease_held(True)
-        return True
-
-    async def _reacquire(self) -> None:
-        assert self.lease is not None and self.backend is not None
-        old = self.lease
-        self.metrics.lease_event("lose", True)
-        self.metrics.set_lease_expiry(None)
-        self.readiness.set_lease_held(False)
-        log.error("LEASE LOST: our lease for subnet %s was deleted, expired or taken; re-acquiring "
-                  "(the datapath stays up meanwhile)", old.subnet)
-        self._lease_lost.clear()
-        self.lease = await self._acquire(previous=old.subnet)
-        self.metrics.lease_event("reacquire", True)
-        if self.lease.subnet != old.subnet:
-            log.warning("re-acquired a different subnet %s (was %s)", self.lease.subnet, old.subnet)
-            self.peers.pop(self.lease.subnet, None)
-            await self.backend.activate(self.lease)
-            await self._program_masq()
-            self._write_files()
-            self._dirty.set()
-        else:
-            log_event(log, "lease re-acquired", subnet=self.lease.subnet)
-        # A delete event for the old key may still be in flight; it must not undo this.
-        self._lease_lost.clear()
-        self.readiness.set_lease_held(True)
-
     # -- run -----------------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -618,7 +488,8 @@ class Daemon:
                 return self.exit_code
             self._spawn(self._watch(), "watch")
             self._spawn(self._reconcile_loop(), "reconcile")
-            self._spawn(self._keep_lease(), "lease")
+            assert self.keeper is not None
+            self._spawn(self.keeper.run(), "lease")
             self._spawn(self._resync_loop(), "resync")
             self._spawn(self._keep_files(), "files")
             assert self.netconf is not None
