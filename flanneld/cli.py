@@ -66,8 +66,10 @@ async def _run(config: DaemonConfig) -> int:
 
 def setup_logging(config: DaemonConfig) -> None:
     from flanneld.logging_setup import setup_logging as install
+    from flanneld.logging_setup import warn_ignored_flags
 
     install(config.verbose, json_format=config.log_format == "json")
+    warn_ignored_flags(config.ignored_flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -231,6 +231,7 @@ class Daemon:
         return MasqConfig(
             self.netconf.network, self.lease.subnet,
             ip_masq=self.config.ip_masq, forward_rules=self.config.iptables_forward_rules,
+            random_fully=not self.config.ip_masq_fully_random_disable,
         )
 
     async def _program_masq(self) -> None:

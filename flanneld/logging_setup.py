@@ -2,10 +2,12 @@
 
 Operators grep and ship these lines, so every event is exactly one line (newlines inside
 messages and tracebacks are escaped), with ``key=value`` fields in logfmt style by default or
-one JSON object per line with ``--log-json``. Verbosity: default INFO; ``-v`` DEBUG for the
-daemon; ``-vv`` DEBUG for the libraries too (aetcd, grpc, pyroute2), which stay at WARNING
-otherwise. Under systemd (``$JOURNAL_STREAM`` set) the timestamp is left out: journald adds its
-own.
+one JSON object per line with ``--log-format json``. Verbosity: default INFO; ``-v`` DEBUG for
+the daemon (the ``flanneld`` logger and its children); ``-vv`` DEBUG for the libraries too
+(aetcd, grpc, pyroute2, anything else), which stay at WARNING otherwise.  Library levels alone
+cannot keep that promise (pyroute2 resets its logger to NOTSET when it is imported, after this
+set-up), so our handler also drops library records below WARNING unless ``-vv``.  Under
+systemd (``$JOURNAL_STREAM`` set) the timestamp is left out: journald adds its own.
 
 Events carry fields through ``extra={"fields": {...}}``; :func:`log_event` and
 :class:`FieldsAdapter` are the short ways to write that::
@@ -21,10 +23,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, TextIO
 
 LIBRARY_LOGGERS = ("aetcd", "grpc", "pyroute2", "asyncio", "urllib3")
+DAEMON_LOGGER = "flanneld"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -96,6 +99,21 @@ def level_for(verbosity: int) -> int:
     return logging.DEBUG if verbosity >= 1 else logging.INFO
 
 
+class LibraryGate(logging.Filter):
+    """Passes the daemon's records (``flanneld``, ``flanneld.*``) and anything at WARNING or
+    above; other loggers' lower records only when ``libraries_debug`` (``-vv``)."""
+
+    def __init__(self, libraries_debug: bool) -> None:
+        super().__init__()
+        self.libraries_debug = libraries_debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.libraries_debug or record.levelno >= logging.WARNING:
+            return True
+        name = record.name
+        return name == DAEMON_LOGGER or name.startswith(DAEMON_LOGGER + ".")
+
+
 def setup_logging(
     verbosity: int = 0,
     *,
@@ -113,6 +131,7 @@ def setup_logging(
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name("flanneld")
     handler.setFormatter(JsonFormatter(timestamps) if json_format else KeyValueFormatter(timestamps))
+    handler.addFilter(LibraryGate(verbosity >= 2))
     root = logging.getLogger()
     for old in list(root.handlers):
         if old.get_name() == "flanneld":
@@ -122,7 +141,18 @@ def setup_logging(
     lib_level = logging.DEBUG if verbosity >= 2 else logging.WARNING
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(lib_level)
+    logging.getLogger(DAEMON_LOGGER).setLevel(logging.DEBUG if verbosity >= 1 else logging.NOTSET)
     return handler
+
+
+def warn_ignored_flags(ignored: Sequence[str], logger: logging.Logger | None = None) -> None:
+    """The one start-up warning naming the flags accepted without effect (klog's, Go-only
+    features not here yet): ``DaemonConfig.ignored_flags``; nothing when there are none."""
+    if not ignored:
+        return
+    log_event(logger or logging.getLogger(DAEMON_LOGGER),
+              "flags accepted but ignored: " + ", ".join(ignored),
+              level=logging.WARNING, flags=",".join(entry.split(" ", 1)[0] for entry in ignored))
 
 
 def log_event(

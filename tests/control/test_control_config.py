@@ -63,6 +63,12 @@ def test_bools_lists_and_repeatable_flags() -> None:
         (["--public-ip", "1.2.3"], {}, "--public-ip"),
         (["--log-format", "xml"], {}, "--log-format"),
         (["--healthz-port", "70000"], {}, "out of range"),
+        ([], {"FLANNELD_HEALTHZ_IP": "1.2.3.4.5"}, "--healthz-ip: not an IP address"),
+        ([], {"FLANNELD_IFACE_REGEX": "^en,["}, "--iface-regex: not a valid regular expression '\\['"),
+        ([], {"FLANNELD_ETCD_TIMEOUT": "abc"}, "env etcd-timeout: expected a number"),
+        ([], {"FLANNELD_IPTABLES_RESYNC": "0"}, "--iptables-resync: must be at least 1"),
+        ([], {"FLANNELD_PUBLIC_IPV6": "fe80::1::2"}, "--public-ipv6: not an IPv6 address"),
+        ([], {"FLANNELD_V": "two"}, "env FLANNELD_V: expected an integer"),
     ],
 )
 def test_errors_are_specific(argv: list[str], env: dict[str, str], message: str) -> None:
@@ -84,6 +90,18 @@ def test_config_file_errors() -> None:
         build_config(["--config", "/c"], {}, files({"/c": "a: [\n"}))
     with pytest.raises(ConfigError, match="mapping"):
         build_config(["--config", "/c"], {}, files({"/c": "- a\n"}))
+
+
+def test_go_only_settings_from_the_file() -> None:
+    text = "ip-blackhole-route: true\nnet_config_path: /n.json\nkube-subnet-mgr: false\n"
+    cfg = build_config(["--config", "/c"], {}, files({"/c": text}))
+    assert cfg.ip_blackhole_route is True and cfg.net_config_path == "/n.json"
+    assert cfg.ignored_flags == ("--ip-blackhole-route (not implemented yet)",
+                                 "--net-config-path (Kubernetes mode only)")
+    with pytest.raises(ConfigError, match=r"--kube-subnet-mgr: .*not supported yet"):
+        build_config(["--config", "/c"], {}, files({"/c": "kube-subnet-mgr: true\n"}))
+    with pytest.raises(ConfigError, match="unknown setting 'ignored-flags'"):
+        build_config(["--config", "/c"], {}, files({"/c": "ignored-flags: []\n"}))
 
 
 def test_usage_errors_exit_2() -> None:

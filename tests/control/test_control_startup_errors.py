@@ -79,3 +79,14 @@ def test_without_cap_net_admin_it_says_so_once(etcd_server: EtcdServer, etcd_pre
     assert r.stderr.count("needs root or CAP_NET_ADMIN") == 1, r.stderr
     assert "iptables" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert no_lease_taken(etcd_server, etcd_prefix)
+
+
+def test_ignored_go_flags_are_named_once_at_start(etcd_server: EtcdServer, etcd_prefix: str,
+                                                  tmp_path: Path) -> None:
+    r = flanneld(etcd_server, etcd_prefix, "--subnet-file", str(tmp_path), "--vmodule=main=3",
+                 "-logtostderr", "--ip-blackhole-route")
+    assert r.returncode == 2, r.stderr  # the subnet file is a directory: stops right after
+    warnings = [line for line in r.stderr.splitlines() if "flags accepted but ignored" in line]
+    assert len(warnings) == 1, r.stderr
+    for flag in ("--vmodule", "--logtostderr", "--ip-blackhole-route"):
+        assert flag in warnings[0], warnings[0]
