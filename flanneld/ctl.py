@@ -1,43 +1,66 @@
 """`flannelctl`: look at and change what flannel keeps in etcd.
 
     flannelctl subnets [-o table|json]              every key: leases, reservations, rejected
-    flannelctl subnets reserve SUBNET --public-ip IP
+    flannelctl subnets reserve SUBNET --public-ip IP [--backend-type T] [--force]
     flannelctl subnets release SUBNET
     flannelctl config get [-o json|yaml]
-    flannelctl config set FILE                      YAML or JSON, validated like the daemon does
+    flannelctl config set [--dry-run] FILE          YAML or JSON, validated like the daemon does
     flannelctl docker-opts [--subnet-file F]        mk-docker-opts.sh output for this node
 
-Reads the same etcd flags and FLANNELD_* environment variables as flanneld.  Data goes to
-stdout, messages to stderr; exit 1 on failure, 2 on usage errors.
+``-o`` may come before or after the command.  Reads the same etcd flags and FLANNELD_*
+environment variables as flanneld.  Data goes to stdout, messages to stderr; exit 1 on failure
+or refusal (nothing is changed then), 2 on usage errors (a bad flag or variable value).
+
+``subnets reserve`` checks a reservation as the daemons check a lease (the same LeasePolicy:
+inside Network, SubnetLen long, a usable PublicIP, no etcd address covered), within SubnetMin
+and SubnetMax, and refuses a subnet another PublicIP holds unless ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from flanneld import __version__
-from flanneld.errors import FlannelError, LeaseDecodeError
-from flanneld.lease import LeaseAttrs, config_key, parse_subnet_key, subnets_prefix
+from flanneld.errors import ConfigError, FlannelError, LeaseDecodeError
+from flanneld.lease import LeaseAttrs, config_key, parse_subnet_key, subnet_key, subnets_prefix
 
-_ETCD_FLAGS = {
-    "etcd-endpoints": "http://127.0.0.1:2379",
-    "etcd-prefix": "/coreos.com/network",
-    "etcd-certfile": "",
-    "etcd-keyfile": "",
-    "etcd-cafile": "",
-    "etcd-username": "",
-    "etcd-password": "",
-    "etcd-timeout": "5",
+# flag -> (default, help)
+_ETCD_FLAGS: dict[str, tuple[str, str]] = {
+    "etcd-endpoints": ("http://127.0.0.1:2379", "comma-separated etcd endpoints (failover in order)"),
+    "etcd-prefix": ("/coreos.com/network", "etcd prefix of the network config and leases"),
+    "etcd-certfile": ("", "client certificate for etcd TLS (with --etcd-keyfile and --etcd-cafile)"),
+    "etcd-keyfile": ("", "client key for etcd TLS"),
+    "etcd-cafile": ("", "CA bundle for etcd TLS (needs --etcd-certfile and --etcd-keyfile too)"),
+    "etcd-username": ("", "etcd basic auth user (with --etcd-password)"),
+    "etcd-password": ("", "etcd basic auth password"),
+    "etcd-timeout": ("5", "deadline of each etcd request, seconds (a positive number)"),
 }
+
+# What each command prints, by format; the first one is the default.
+_FORMATS: dict[str, tuple[str, ...]] = {
+    "subnets": ("table", "json"),
+    "config get": ("json", "yaml"),
+}
+_ALL_FORMATS = ("table", "json", "yaml")
+_FORMATS_TEXT = "; ".join(f"{cmd}: {'|'.join(fmts)} (default {fmts[0]})" for cmd, fmts in _FORMATS.items())
+_OUTPUTS_SHORT = ", ".join(f"{cmd}: {'|'.join(fmts)}" for cmd, fmts in _FORMATS.items())
+_OUTPUT_HELP = f"output format, before or after the command: {_FORMATS_TEXT}"
+
+
+def _env_name(flag: str) -> str:
+    return "FLANNELD_" + flag.replace("-", "_").upper()
 
 
 def _subnet_arg(text: str) -> IPv4Network:
@@ -54,73 +77,193 @@ def _ip_arg(text: str) -> IPv4Address:
         raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
 
 
+def _timeout_value(text: str) -> float:
+    """A positive, finite number of seconds; ValueError says what is wrong."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _timeout_arg(text: str) -> str:
+    try:
+        _timeout_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _endpoints_arg(text: str) -> str:
+    from flanneld.etcd_store import parse_endpoints
+
+    try:
+        parse_endpoints(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--etcd-endpoints: ")) from None
+    return text
+
+
+_FLAG_TYPES = {"etcd-timeout": _timeout_arg, "etcd-endpoints": _endpoints_arg}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flannelctl", description="Inspect and change flannel's state in etcd."
+        prog="flannelctl", description="Inspect and change flannel's state in etcd.",
+        epilog="Exit status: 0 done, 1 failed or refused (a refusal changes nothing), 2 usage error (a bad "
+        "flag or FLANNELD_* value).  The network config's fields: docs/config.md.",
     )
-    parser.add_argument("--version", action="version", version=f"flannelctl {__version__}")
-    for flag, default in _ETCD_FLAGS.items():
-        env = "FLANNELD_" + flag.replace("-", "_").upper()
-        parser.add_argument(f"--{flag}", default=None, help=f"(default {default!r}; env {env})")
+    parser.add_argument("--version", action="version", version=f"flannelctl {__version__}",
+                        help="print the version and exit")
+    for flag, (default, text) in _ETCD_FLAGS.items():
+        parser.add_argument(f"--{flag}", default=None, type=_FLAG_TYPES.get(flag, str),
+                            metavar=flag.removeprefix("etcd-").upper(),
+                            help=f"{text} (default {default!r}; env {_env_name(flag)})")
+    parser.add_argument("-o", "--output", choices=_ALL_FORMATS, default=None, metavar="FORMAT",
+                        help=_OUTPUT_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    subnets = sub.add_parser("subnets", help="list leases; reserve or release subnets")
-    subnets.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    subnets = sub.add_parser("subnets", help="list leases; reserve or release subnets",
+                             description="List every key under <prefix>/subnets/: leases, "
+                             "reservations, and the keys the daemons reject (with the reason).")
+    subnets.add_argument("-o", "--output", choices=_FORMATS["subnets"], default=argparse.SUPPRESS,
+                         help="table (default) or json")
     subnets_sub = subnets.add_subparsers(dest="action", metavar="ACTION")
-    reserve = subnets_sub.add_parser("reserve", help="reserve SUBNET for a node (never expires)")
-    reserve.add_argument("subnet", type=_subnet_arg)
-    reserve.add_argument("--public-ip", required=True, type=_ip_arg)
-    reserve.add_argument("--backend-type", default="")
-    release = subnets_sub.add_parser("release", help="delete the lease or reservation of SUBNET")
-    release.add_argument("subnet", type=_subnet_arg)
+    reserve = subnets_sub.add_parser(
+        "reserve", help="reserve SUBNET for a node (never expires)",
+        description="Keep SUBNET for the node with PUBLIC_IP (a key without an etcd lease: it "
+        "never expires; that node takes it when it starts).  Checked like the daemons check a "
+        "lease; refused when another PublicIP holds SUBNET, unless --force.")
+    reserve.add_argument("subnet", type=_subnet_arg, metavar="SUBNET",
+                         help="a.b.c.d/len inside Network, of the network config's SubnetLen, "
+                         "between SubnetMin and SubnetMax")
+    reserve.add_argument("--public-ip", required=True, type=_ip_arg,
+                         help="PublicIP of the node the subnet is kept for (its --public-ip or "
+                         "interface address)")
+    reserve.add_argument("--backend-type", default="",
+                         help="BackendType of the reservation: vxlan, host-gw or udp (default: "
+                         "the network config's Backend.Type; udp is written without one, as Go does)")
+    reserve.add_argument("--force", action="store_true",
+                         help="also when another PublicIP holds SUBNET: overwrite its lease or "
+                         "reservation and revoke its etcd lease, so that its node gives the "
+                         "subnet up (its pods lose the network until they are re-created)")
+    release = subnets_sub.add_parser("release", help="delete the lease or reservation of SUBNET",
+                                     description="Delete the key of SUBNET.")
+    release.add_argument("subnet", type=_subnet_arg, metavar="SUBNET", help="a.b.c.d/len")
 
-    config = sub.add_parser("config", help="read or write the network config")
+    config = sub.add_parser("config", help="read or write the network config",
+                            description="Read or write <prefix>/config (docs/config.md).")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    get = config_sub.add_parser("get", help="print the network config")
-    get.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
-    put = config_sub.add_parser("set", help="validate FILE (YAML or JSON) and store it")
-    put.add_argument("file", help="path, or - for stdin")
+    get = config_sub.add_parser("get", help="print the network config",
+                                description="Print the stored network config.")
+    get.add_argument("-o", "--output", choices=_FORMATS["config get"], default=argparse.SUPPRESS,
+                     help="json (default) or yaml")
+    put = config_sub.add_parser(
+        "set", help="validate FILE (YAML or JSON) and store it",
+        description="Validate FILE as the daemons validate the network config and store it.  "
+        "Running daemons read the config only at start: restart them to use it.")
+    put.add_argument("file", metavar="FILE", help="path, or - for stdin; JSON when it starts "
+                     "with '{', else YAML")
+    put.add_argument("--dry-run", action="store_true",
+                     help="print a unified diff between the stored config and FILE (both as "
+                     "pretty-printed JSON, keys sorted) and store nothing")
 
-    docker = sub.add_parser("docker-opts", help="print docker options from subnet.env")
+    docker = sub.add_parser("docker-opts", help="print docker options from subnet.env",
+                            description="Print mk-docker-opts.sh output for this node.")
     docker.add_argument("--subnet-file", default=os.environ.get("FLANNELD_SUBNET_FILE",
-                                                                "/run/flannel/subnet.env"))
+                                                                "/run/flannel/subnet.env"),
+                        help="subnet.env written by flanneld (default /run/flannel/subnet.env; "
+                        "env FLANNELD_SUBNET_FILE)")
     return parser
 
 
-def _setting(args: argparse.Namespace, flag: str) -> str:
-    value = getattr(args, flag.replace("-", "_"))
-    if value is not None:
-        return str(value)
-    return os.environ.get("FLANNELD_" + flag.replace("-", "_").upper(), _ETCD_FLAGS[flag])
+def _command_name(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if action else str(args.command)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One -o for the whole command line (before or after the command), checked per command."""
+    name = _command_name(args)
+    given = getattr(args, "output", None)
+    formats = _FORMATS.get(name)
+    if formats is None:
+        if given is not None:
+            parser.error(f"-o/--output: 'flannelctl {name}' prints no data ({_OUTPUTS_SHORT})")
+        return
+    if given is None:
+        args.output = formats[0]
+    elif given not in formats:
+        parser.error(f"-o/--output {given}: 'flannelctl {name}' prints {' or '.join(formats)}")
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """The etcd flags, checked: values from flags, FLANNELD_* variables or defaults."""
+
+    endpoints: str
+    prefix: str
+    timeout: float
+    cafile: str
+    certfile: str
+    keyfile: str
+    username: str
+    password: str
+
+    def store(self) -> Any:
+        from flanneld.etcd_store import EtcdStore, TLSFiles, parse_endpoints
+
+        tls = TLSFiles(self.cafile, self.certfile, self.keyfile) if self.cafile else None
+        return EtcdStore(parse_endpoints(self.endpoints), timeout=self.timeout, tls=tls,
+                         username=self.username or None, password=self.password or None)
+
+
+def etcd_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EtcdSettings:
+    """The etcd settings; a bad value (flag or variable) is a usage error naming it."""
     from flanneld.config import DaemonConfig, validate
-    from flanneld.etcd_store import EtcdStore, TLSFiles, parse_endpoints
+    from flanneld.etcd_store import parse_endpoints
 
+    values: dict[str, str] = {}
+    for flag, (default, _) in _ETCD_FLAGS.items():
+        given = getattr(args, flag.replace("-", "_"))
+        env = os.environ.get(_env_name(flag))
+        values[flag] = given if given is not None else env if env is not None else default
+        if given is None and env is not None:  # flags were checked by argparse already
+            try:
+                if flag == "etcd-timeout":
+                    _timeout_value(env)
+                elif flag == "etcd-endpoints":
+                    parse_endpoints(env)
+            except (ValueError, ConfigError) as exc:
+                parser.error(f"{_env_name(flag)}={env!r}: {str(exc).removeprefix('--etcd-endpoints: ')}")
     cfg = DaemonConfig(
-        etcd_endpoints=_setting(args, "etcd-endpoints"),
-        etcd_cafile=_setting(args, "etcd-cafile"),
-        etcd_certfile=_setting(args, "etcd-certfile"),
-        etcd_keyfile=_setting(args, "etcd-keyfile"),
-        etcd_username=_setting(args, "etcd-username"),
-        etcd_password=_setting(args, "etcd-password"),
+        etcd_endpoints=values["etcd-endpoints"], etcd_cafile=values["etcd-cafile"],
+        etcd_certfile=values["etcd-certfile"], etcd_keyfile=values["etcd-keyfile"],
+        etcd_username=values["etcd-username"], etcd_password=values["etcd-password"],
     )
-    validate(cfg)
-    tls = TLSFiles(cfg.etcd_cafile, cfg.etcd_certfile, cfg.etcd_keyfile) if cfg.etcd_cafile else None
-    return EtcdStore(
-        parse_endpoints(cfg.etcd_endpoints),
-        timeout=float(_setting(args, "etcd-timeout")),
-        tls=tls,
-        username=cfg.etcd_username or None,
-        password=cfg.etcd_password or None,
-    )
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return EtcdSettings(values["etcd-endpoints"], values["etcd-prefix"],
+                        _timeout_value(values["etcd-timeout"]), cfg.etcd_cafile, cfg.etcd_certfile,
+                        cfg.etcd_keyfile, cfg.etcd_username, cfg.etcd_password)
 
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lease_id(lease_id: int) -> str:
+    return f"{lease_id:016x}"  # as etcdctl prints it
+
+
+def _warn(message: str) -> None:
+    print(f"flannelctl: warning: {message}", file=sys.stderr)
 
 
 async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
@@ -135,7 +278,7 @@ async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
     try:
         netconf = parse_network_config(kv.value)
     except FlannelError as exc:
-        print(f"flannelctl: warning: {exc}; leases are not checked against it", file=sys.stderr)
+        _warn(f"{exc}; leases are not checked against it")
         return None
     return LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints))
 
@@ -217,51 +360,277 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _read_config_file(path: str) -> bytes:
-    import yaml
+# ---- subnets reserve ------------------------------------------------------------------------------
 
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+class Refused(FlannelError):
+    """The command would break something; nothing was changed."""
+
+
+async def _holder(store: Any, kv: Any) -> tuple[LeaseAttrs | None, str, bool]:
+    """(attributes, description, live) of whatever the key of a subnet holds."""
+    from flanneld.lease import decode_lease_attrs
+
     try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FlannelError(f"{path}: neither JSON nor YAML: {exc}") from None
-    if not isinstance(obj, dict):
-        raise FlannelError(f"{path}: the network config must be a mapping/object")
-    return json.dumps(obj, separators=(",", ":")).encode()
+        attrs = decode_lease_attrs(kv.value)
+    except LeaseDecodeError as exc:
+        return None, f"a value the daemons cannot read ({exc})", False
+    if kv.lease_id == 0:
+        return attrs, (f"PublicIP {attrs.public_ip} (a reservation: no etcd lease, never "
+                       "expires)"), False
+    ttl = await store.time_to_live(kv.lease_id)
+    if ttl < 0:
+        return attrs, (f"PublicIP {attrs.public_ip} (its etcd lease {_lease_id(kv.lease_id)} has "
+                       "expired)"), False
+    return attrs, (f"PublicIP {attrs.public_ip}, whose etcd lease {_lease_id(kv.lease_id)} is live "
+                   f"({ttl}s left)"), True
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def reserve(store: Any, prefix: str, endpoints: str, subnet: IPv4Network,
+                  public_ip: IPv4Address, backend_type: str = "", force: bool = False) -> None:
+    """Store a reservation of ``subnet`` for ``public_ip``; Refused (nothing changed) when the
+    daemons would not use it or another PublicIP holds the subnet (unless ``force``)."""
     from flanneld.backends import backend_class
+    from flanneld.endpoints import etcd_addresses
+    from flanneld.lease import Lease
+    from flanneld.lease_book import LeaseBook, key_name
+    from flanneld.lease_policy import LeasePolicy, RejectReason
     from flanneld.netconfig import parse_network_config
 
-    prefix = _setting(args, "etcd-prefix")
-    if args.command == "config" and args.action == "set":
-        raw = _read_config_file(args.file)
+    what = f"refusing to reserve {subnet} for {public_ip}"
+    kv = await store.get(config_key(prefix))
+    if kv is None:
+        raise Refused(f"{what}: no network config at {config_key(prefix)}; a reservation is "
+                      "checked against it: store one first (flannelctl config set FILE)")
+    try:
+        netconf = parse_network_config(kv.value)
+    except FlannelError as exc:
+        raise Refused(f"{what}: the stored {exc}; fix it first (flannelctl config set FILE)") from None
+    btype = (backend_type or netconf.backend.type).lower()
+    try:
+        backend_class(btype)
+    except FlannelError as exc:
+        source = "--backend-type" if backend_type else "the network config's Backend.Type"
+        raise Refused(f"{what}: {source}: {exc}") from None
+    if btype != netconf.backend.type:
+        _warn(f"backend type {btype} differs from the network config's {netconf.backend.type}: "
+              f"nodes of {netconf.backend.type} do not route to a {btype} node")
+    attrs = LeaseAttrs(public_ip, backend_type="" if btype == "udp" else btype)  # Go's udp: none
+
+    policy = LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints))
+    verdict = policy.check(Lease(subnet, attrs))
+    # A fresh vxlan reservation has no VtepMAC yet: its node writes one when it takes it.
+    if verdict is not None and verdict[0] is not RejectReason.BAD_BACKEND_DATA:
+        raise Refused(f"{what}: the daemons would ignore it ({verdict[0].value}: {verdict[1]})")
+    if not netconf.contains_subnet(subnet):
+        raise Refused(f"{what}: it lies outside SubnetMin {netconf.subnet_min} .. SubnetMax "
+                      f"{netconf.subnet_max} of the network config: the node with PublicIP "
+                      f"{public_ip} would delete the reservation when it starts")
+
+    key = subnets_prefix(prefix) + subnet_key(subnet)
+    snap = await store.list_prefix(subnets_prefix(prefix))
+    book = LeaseBook(policy)
+    book.load(snap.kvs, snap.revision)
+    for other_subnet, lease in book.accepted.items():
+        holder_key = book.key_of(other_subnet)
+        if holder_key != key and other_subnet.overlaps(subnet):
+            raise Refused(
+                f"{what}: it would overlap the lease of key {key_name(holder_key or '')} (PublicIP "
+                f"{lease.attrs.public_ip}), which the daemons keep (the first holder wins); "
+                "release that key first (--force does not replace another key)")
+    for rejection in book.rejected.values():
+        if rejection.lease is not None and rejection.key != key and rejection.lease.subnet.overlaps(subnet):
+            _warn(f"key {rejection.name} overlaps {subnet}; the daemons ignore it "
+                  f"({rejection.reason.value}: {rejection.detail})")
+    elsewhere = sorted(str(lease.subnet) for lease in book.accepted.values()
+                       if lease.attrs.public_ip == public_ip and lease.subnet != subnet)
+    if elsewhere:
+        _warn(f"PublicIP {public_ip} also holds {', '.join(elsewhere)}: a node uses one lease; "
+              "release the other one so that the node takes this reservation when it restarts")
+
+    value = attrs.to_json().encode()
+    existing = next((k for k in snap.kvs if k.key == key), None)
+    if existing is None:
+        if await store.create(key, value, 0) is None:
+            raise Refused(f"{what}: the key {key} was written meanwhile; nothing changed: run "
+                          "the command again")
+        print(f"reserved {subnet} for {public_ip}", file=sys.stderr)
+        _vtep_note(verdict, public_ip)
+        return
+
+    current, described, live = await _holder(store, existing)
+    if current is not None and current.public_ip == public_ip:
+        if existing.lease_id == 0:
+            print(f"{subnet} is already reserved for {public_ip}; nothing changed", file=sys.stderr)
+            return
+        # The node's own lease: keep its value (BackendData, VtepMAC), drop its etcd lease.
+        if await store.update(key, existing.value, 0, existing.mod_revision) is None:
+            raise Refused(f"{what}: the key {key} changed meanwhile; nothing changed: run the "
+                          "command again")
+        print(f"reserved {subnet} for {public_ip}: its lease ({described}) is now a reservation "
+              "with the same value; restart flanneld on that node so that it takes the "
+              "reservation (a running one re-attaches an etcd lease at its next renewal)",
+              file=sys.stderr)
+        return
+    if not force:
+        holds = "leased by" if live else "held by"
+        consequence = (": that node is using it, and overwriting it would cut its pods off the "
+                       "network" if live else "")
+        would = ("overwrite the key with the reservation and revoke that etcd lease, so that "
+                 "the node gives the subnet up (its pods lose the network until they are "
+                 "re-created)" if live else "overwrite it")
+        raise Refused(f"{what}: it is {holds} {described}{consequence}.  --force would {would}.")
+    if await store.update(key, value, 0, existing.mod_revision) is None:
+        raise Refused(f"{what}: the key {key} changed meanwhile; nothing changed: run the command "
+                      "again")
+    old = existing.value.decode(errors="replace")
+    done = f"reserved {subnet} for {public_ip}: overwrote the holder, {described} (old value: {old[:300]})"
+    if existing.lease_id:
+        await store.revoke(existing.lease_id)
+        if await store.time_to_live(existing.lease_id) < 0:
+            done += f"; revoked etcd lease {_lease_id(existing.lease_id)}"
+            if live:
+                done += ": that node gives the subnet up"
+        else:
+            done += (f"; could not revoke etcd lease {_lease_id(existing.lease_id)} (it runs out "
+                     "by its TTL)")
+        # Between our write and the revoke, a live holder may have written its lease back
+        # (then the revoke deleted the key with it): say so rather than claim success.
+        now = await store.get(key)
+        if now is None or now.value != value or now.lease_id != 0:
+            _, after, _ = await _holder(store, now) if now is not None else (None, "nothing", False)
+            raise FlannelError(f"{done}; but the holder wrote its lease back meanwhile and the key "
+                          f"now holds {after}: run the command again")
+    print(f"flannelctl: {done}", file=sys.stderr)
+    _vtep_note(verdict, public_ip)
+
+
+def _vtep_note(verdict: Any, public_ip: IPv4Address) -> None:
+    if verdict is not None:
+        print(f"note: the daemons leave it unused until the node with PublicIP {public_ip} takes "
+              f"it and writes its own data ({verdict[1]})", file=sys.stderr)
+
+
+# ---- config set -----------------------------------------------------------------------------------
+
+def _not_json(value: Any) -> Any:
+    raise FlannelError(f"{value!r} ({type(value).__name__}) is not a JSON value: quote it in YAML")
+
+
+def load_config_file(path: str) -> tuple[bytes, dict[str, Any]]:
+    """The compact JSON to store and the object it holds; FlannelError says what is wrong
+    (syntax errors with line and column, unknown keys with a suggestion).  Warnings (unknown
+    keys of a valid config) go to stderr."""
+    import yaml
+
+    from flanneld.backends import backend_class
+    from flanneld.netconfig import json_syntax_error, parse_network_config, unknown_field_hints
+
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+    except OSError as exc:
+        raise FlannelError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FlannelError(f"{path}: not UTF-8 text: {exc}") from None
+    if text.lstrip("\ufeff \t\r\n").startswith("{"):
+        try:
+            obj = json.loads(text.lstrip("\ufeff"))
+        except json.JSONDecodeError as exc:
+            raise FlannelError(f"{path}: {json_syntax_error(exc)}") from None
+        except RecursionError:
+            raise FlannelError(f"{path}: JSON nested too deeply") from None
+    else:
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise FlannelError(f"{path}: YAML syntax error{where}: {exc.problem or exc}") from None
+        except yaml.YAMLError as exc:
+            raise FlannelError(f"{path}: neither JSON nor YAML: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FlannelError(f"{path}: the network config must be a mapping/object, got "
+                           f"{type(obj).__name__}")
+    hints = unknown_field_hints(obj)
+    try:
+        for name, value in obj.items():
+            try:
+                json.dumps(value, default=_not_json)
+            except FlannelError as exc:
+                raise FlannelError(f"{path}: {name}: {exc}") from None
+        raw = json.dumps(obj, separators=(",", ":"), default=_not_json).encode()
+    except (TypeError, ValueError) as exc:
+        raise FlannelError(f"{path}: cannot be written as JSON: {exc}") from None
+    try:
         netconf = parse_network_config(raw)
         backend_class(netconf.backend.type).validate_options(netconf.backend.options)
-    store = _store(args)
+    except FlannelError as exc:
+        raise FlannelError("; ".join([str(exc), *hints])) from None
+    for hint in hints:
+        _warn(f"{hint}: the daemons ignore it (as Go flanneld does)")
+    return raw, obj
+
+
+def _pretty(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def _stored_text(raw: bytes | None) -> str:
+    if raw is None:
+        return ""
+    try:
+        return _pretty(json.loads(raw))
+    except ValueError:
+        text = raw.decode(errors="replace")
+        return text if text.endswith("\n") else text + "\n"
+
+
+async def set_config(store: Any, prefix: str, path: str, raw: bytes, obj: dict[str, Any],
+                     dry_run: bool) -> None:
+    key = config_key(prefix)
+    kv = await store.get(key)
+    old, new = _stored_text(kv.value if kv else None), _pretty(obj)
+    if dry_run:
+        sys.stdout.writelines(difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True),
+            fromfile=f"{key} (stored)" if kv else f"{key} (nothing stored)",
+            tofile=f"{path} (would be stored)"))
+        same = " (no change)" if old == new else ""
+        print(f"dry run: nothing stored{same}", file=sys.stderr)
+        return
+    if kv is not None and old == new:
+        print(f"the network config at {key} is already this one; nothing stored", file=sys.stderr)
+        return
+    await store.put(key, raw, 0)
+    print(f"network config stored at {key}.  Running flanneld daemons read the network config "
+          "only at start (as Go flanneld does): restart them to use it.", file=sys.stderr)
+
+
+# ---- main -----------------------------------------------------------------------------------------
+
+async def _run(args: argparse.Namespace, etcd: EtcdSettings) -> int:
+    prefix = etcd.prefix
+    if args.command == "config" and args.action == "set":
+        raw, obj = load_config_file(args.file)
+    store = etcd.store()
     try:
         if args.command == "subnets":
             if args.action == "reserve":
-                subnet = args.subnet
-                attrs = LeaseAttrs(args.public_ip, backend_type=args.backend_type)
-                key = subnets_prefix(prefix) + f"{subnet.network_address}-{subnet.prefixlen}"
-                await store.put(key, attrs.to_json().encode(), 0)
-                print(f"reserved {subnet} for {args.public_ip}", file=sys.stderr)
+                await reserve(store, prefix, etcd.endpoints, args.subnet, args.public_ip,
+                              args.backend_type, args.force)
                 return 0
             if args.action == "release":
                 subnet = args.subnet
-                key = subnets_prefix(prefix) + f"{subnet.network_address}-{subnet.prefixlen}"
+                key = subnets_prefix(prefix) + subnet_key(subnet)
                 if not await store.delete(key):
                     print(f"flannelctl: no lease or reservation for {subnet}", file=sys.stderr)
                     return 1
                 print(f"released {subnet}", file=sys.stderr)
                 return 0
-            rows = await _subnet_rows(store, prefix, _setting(args, "etcd-endpoints"))
+            rows = await _subnet_rows(store, prefix, etcd.endpoints)
             if args.output == "json":
                 print(json.dumps(rows, indent=2))
             else:
@@ -269,20 +638,24 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "config":
             if args.action == "set":
-                await store.put(config_key(prefix), raw, 0)
-                print(f"network config stored at {config_key(prefix)}", file=sys.stderr)
+                await set_config(store, prefix, args.file, raw, obj, args.dry_run)
                 return 0
             kv = await store.get(config_key(prefix))
             if kv is None:
                 print(f"flannelctl: no network config at {config_key(prefix)}", file=sys.stderr)
                 return 1
-            obj = json.loads(kv.value)
+            try:
+                stored = json.loads(kv.value)
+            except ValueError as exc:
+                print(f"flannelctl: {config_key(prefix)} is not JSON ({exc}):", file=sys.stderr)
+                sys.stdout.write(kv.value.decode(errors="replace"))
+                return 1
             if args.output == "yaml":
                 import yaml
 
-                print(yaml.safe_dump(obj, sort_keys=False), end="")
+                print(yaml.safe_dump(stored, sort_keys=False), end="")
             else:
-                print(json.dumps(obj, indent=2))
+                print(json.dumps(stored, indent=2))
             return 0
     finally:
         await store.close()
@@ -315,11 +688,17 @@ def docker_opts(subnet_file: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _resolve_output(parser, args)
     if args.command == "docker-opts":
         return docker_opts(args.subnet_file)
+    etcd = etcd_settings(parser, args)
     try:
-        return asyncio.run(_run(args))
+        return asyncio.run(_run(args, etcd))
+    except ConfigError as exc:  # e.g. an unreadable --etcd-cafile: a bad flag value
+        print(f"flannelctl: error: {exc}", file=sys.stderr)
+        return 2
     except (FlannelError, ValueError, OSError) as exc:
         print(f"flannelctl: {exc}", file=sys.stderr)
         return 1

@@ -10,8 +10,10 @@ every node of a mixed cluster must pick the same backend from the same config.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
@@ -23,11 +25,13 @@ DEFAULT_BACKEND = "udp"
 _V4_CIDR = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}", re.ASCII)
 _V6_CIDR = re.compile(r"[0-9A-Fa-f:.]+/\d{1,3}", re.ASCII)
 
-_KNOWN_FIELDS = {
-    "network", "subnetlen", "subnetmin", "subnetmax", "enableipv4", "enableipv6",
-    "ipv6network", "ipv6subnetlen", "ipv6subnetmin", "ipv6subnetmax", "enablenftables",
-    "backend",
-}
+# The top-level fields as Go spells them (matched case-insensitively, like Go's decoder).
+FIELD_NAMES = (
+    "Network", "SubnetLen", "SubnetMin", "SubnetMax", "EnableIPv4", "EnableIPv6",
+    "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "EnableNFTables",
+    "Backend",
+)
+_KNOWN_FIELDS = {name.lower() for name in FIELD_NAMES}
 
 
 @dataclass(frozen=True)
@@ -234,3 +238,22 @@ def network_config_from_dict(obj: dict[str, Any]) -> NetworkConfig:
         ipv6_subnet_len=ipv6_len,
         unknown_fields=unknown,
     )
+
+
+def json_syntax_error(exc: json.JSONDecodeError) -> str:
+    """``JSON syntax error at line L, column C: <what>`` for a config an operator typed."""
+    return f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+
+
+def unknown_field_hints(obj: Mapping[str, Any]) -> list[str]:
+    """One ``unknown key 'X' (did you mean 'Y'?)`` per top-level key flannel does not know
+    (the daemons ignore such keys, as Go does, so a typo silently loses a setting)."""
+    by_lower = {name.lower(): name for name in FIELD_NAMES}
+    hints = []
+    for key in obj:
+        if not isinstance(key, str) or key.lower() in _KNOWN_FIELDS:
+            continue
+        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1)
+        hints.append(f"unknown key {key!r}"
+                     + (f" (did you mean {by_lower[close[0]]!r}?)" if close else ""))
+    return hints

@@ -40,6 +40,8 @@ def test_config_set_validates_then_get(etcd_server: EtcdServer, etcd_prefix: str
 
 
 def test_subnets_list_reserve_release(etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    # A reservation is checked against the network config (and takes its backend type).
+    etcdctl(etcd_server, "put", f"{etcd_prefix}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
     key = f"{etcd_prefix}/subnets/10.5.7.0-24"
     lease_id = etcdctl(etcd_server, "lease", "grant", "600").split()[1]
     value = '{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:07"}}'
@@ -56,6 +58,7 @@ def test_subnets_list_reserve_release(etcd_server: EtcdServer, etcd_prefix: str)
     assert leased["reserved"] is False and 590 <= leased["ttl_seconds"] <= 600
     assert leased["expires_at"].endswith("Z")
     assert by_subnet["10.5.9.0/24"]["reserved"] is True and by_subnet["10.5.9.0/24"]["expires_at"] is None
+    assert by_subnet["10.5.9.0/24"]["backend_type"] == "vxlan"
     assert "not JSON" in by_subnet["10.5.8.0/24"]["error"]
 
     table = ctl(etcd_server, etcd_prefix, "subnets").stdout.splitlines()
