@@ -268,7 +268,8 @@ class Daemon:
             backend_class(netconf.backend.type).validate_options(netconf.backend.options)
             return netconf
 
-        netconf: NetworkConfig = await self._retry("network config", fetch)
+        netconf: NetworkConfig = await self._retry(
+            f"reading {config_key(self.config.etcd_prefix)}", fetch)
         for name in netconf.unknown_fields:
             log.warning("network config: unknown field %r ignored", name)
         return netconf

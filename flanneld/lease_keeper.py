@@ -191,7 +191,7 @@ class LeaseKeeper:
                 who = f"PublicIP {holder.attrs.public_ip}" if holder is not None else "a bad value"
                 self.hooks.conflict(f"lease conflict: our key {subnet} holds {who}")
                 log.error("LEASE CONFLICT: our lease key for subnet %s was rewritten (now %s, "
-                          "etcd lease %x); our etcd lease %x is alive, re-asserting our lease",
+                          "etcd lease %x); re-asserting our lease if our etcd lease %x is alive",
                           subnet, who, kv.lease_id, self.lease.etcd_lease_id)
             else:
                 self.hooks.event("lose", True)
