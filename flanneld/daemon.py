@@ -30,16 +30,22 @@ from flanneld.backoff import Backoff
 from flanneld.config import DaemonConfig
 from flanneld.config_watch import ConfigWatcher
 from flanneld.endpoints import etcd_addresses
-from flanneld.errors import ConfigError, FlannelError, OutOfSubnetsError, StoreUnavailableError
+from flanneld.errors import (
+    ConfigError,
+    FlannelError,
+    LeaseDecodeError,
+    OutOfSubnetsError,
+    StoreUnavailableError,
+)
 from flanneld.health import HealthServer, Readiness
-from flanneld.lease import Lease, LeaseAttrs, config_key
+from flanneld.lease import Lease, LeaseAttrs, config_key, parse_subnet_key
 from flanneld.lease_book import LeaseBook, LeaseEvent, LeaseEventKind
 from flanneld.lease_keeper import KeeperHooks, LeaseKeeper
 from flanneld.lease_policy import REJECT_REASONS, LeasePolicy, Rejection
 from flanneld.lease_watch import LeaseWatcher
 from flanneld.logging_setup import log_event
 from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
-from flanneld.metrics import Metrics
+from flanneld.metrics import Metrics, subnet_pool_usage
 from flanneld.netconfig import NetworkConfig
 from flanneld.netops import Outcome
 from flanneld.rejection_log import RejectionLog
@@ -113,11 +119,28 @@ class Daemon:
     async def _lease_moved(self, new: Lease, old: Lease) -> None:
         """The lease keeper re-acquired another subnet: reprogram what depends on it."""
         assert self.backend is not None
+        self._publish_lease_info(new)
         self.peers.pop(new.subnet, None)
         await self.backend.activate(new)
         await self._program_masq()
         self._write_files()
         self._dirty.set()
+
+    def _publish_lease_info(self, lease: Lease) -> None:
+        assert self.netconf is not None
+        self.metrics.set_lease_info(str(lease.subnet), str(lease.attrs.public_ip),
+                                    self.netconf.backend.type)
+
+    def _pool_usage(self) -> None:
+        """flannel_subnets_leased / _capacity: every key whose name parses holds its subnet
+        for the allocator, accepted or not."""
+        if self.book is None or self.netconf is None:
+            return
+        subnets = list(self.book.accepted)
+        for key in self.book.rejected:
+            with contextlib.suppress(LeaseDecodeError):
+                subnets.append(parse_subnet_key(key)[0])
+        self.metrics.set_subnet_pool(*subnet_pool_usage(self.netconf, subnets))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -240,7 +263,9 @@ class Daemon:
         if cfg.empty:
             return
         if self.masq is None:
-            self.masq = make_masq_rules(cfg, backend=self.config.masq_mode)  # type: ignore[arg-type]
+            assert self.netconf is not None
+            self.masq = make_masq_rules(cfg, backend=self.config.masq_mode,  # type: ignore[arg-type]
+                                        enable_nftables=self.netconf.enable_nftables)
             await asyncio.to_thread(self.masq.apply)
         else:
             await asyncio.to_thread(self.masq.update, cfg)
@@ -325,6 +350,7 @@ class Daemon:
             stopping=self.stopping)
         await self.keeper.acquire(previous_subnet(cfg.subnet_file))
         assert self.lease is not None
+        self._publish_lease_info(self.lease)
         self.readiness.set_lease_held(True)
         await self.backend.activate(self.lease)
         self.metrics.add_forwarding_source(self.backend.forwarding_source())
@@ -374,6 +400,7 @@ class Daemon:
             self.metrics.set_etcd_reachable(self.store_health.reachable)
             self.readiness.set_store_problem(self.store_health.problem())
             self.rejections.flush()
+            self._pool_usage()
 
     _RESULT_LABELS = {"ok": "ok", "already_present": "exists", "already_gone": "missing",
                       "failed": "error"}

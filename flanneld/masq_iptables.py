@@ -111,6 +111,7 @@ class IptablesMasq(RulesBase):
             else:
                 self._remove_part(table, hook, chain)
         self._applied = self._ours()
+        self._remove_stale()
 
     def check(self) -> bool:
         if self.config.empty:

@@ -84,6 +84,7 @@ class NftMasq(RulesBase):
         """Replace the table with the rules for the current config, in one transaction."""
         run_checked(self._run, ["nft", "-f", "-"], render_replace(self.config).encode())
         self._applied = self._list()
+        self._remove_stale()
 
     def check(self) -> bool:
         """True if the kernel still has exactly what :meth:`apply` installed."""

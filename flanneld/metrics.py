@@ -4,7 +4,8 @@ Go flannel exports no metrics at all; an operator of ours should see what the fa
 Everything lives on a dedicated ``CollectorRegistry`` (never the process-global one), so two
 daemons in one test process, or a test and the daemon, never see each other's series.
 
-Naming follows Prometheus conventions: one ``flannel_`` prefix, base units (seconds, bytes),
+Naming follows Prometheus conventions: one ``flannel_`` prefix (beside prometheus_client's
+standard ``process_*`` and ``python_*`` collectors), base units (seconds, bytes),
 ``_total`` counters, and labels whose values come from small closed sets. A label value outside
 its set is folded into ``other`` instead of growing the series count without bound. Per-peer
 series (one per remote subnet) only exist when the daemon enables them (``per_peer=True``).
@@ -24,15 +25,19 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from ipaddress import IPv4Network
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -41,6 +46,9 @@ from prometheus_client.registry import Collector
 
 from flanneld import __version__
 from flanneld.store import STORE_OPS
+
+if TYPE_CHECKING:
+    from flanneld.netconfig import NetworkConfig
 
 # The ``*_created`` gauges double the exposition size and no dashboard of ours reads them.
 # (A process-wide switch of prometheus-client; this module owns the daemon's metrics.)
@@ -107,6 +115,17 @@ class DropSample:
 
 
 ForwardingSource = Callable[[], Iterable[TrafficSample | DropSample]]
+
+
+def subnet_pool_usage(config: NetworkConfig, subnets: Iterable[IPv4Network]) -> tuple[int, int]:
+    """(leased, total) for :meth:`Metrics.set_subnet_pool`: how many distinct ``subnets`` lie
+    in the pool (SubnetLen blocks of Network between SubnetMin and SubnetMax), and its size.
+
+    Pass the subnet of every key under ``subnets/`` the daemon knows (accepted leases, its own,
+    reservations, and rejected keys whose name parses): the allocator counts them all as taken.
+    """
+    leased = {s for s in subnets if config.contains_subnet(s)}
+    return len(leased), config.subnet_count
 
 
 def _bounded(value: str, allowed: frozenset[str]) -> str:
@@ -272,7 +291,8 @@ class Metrics:
         )
         self._watch_resets = Counter(
             "flannel_watch_resets",
-            "Restarts of the subnet watch, by reason (compaction, reconnect).",
+            "Restarts of the subnet watch: one per etcd outage or compaction "
+            "(reason: reconnect, compaction).",
             ["reason"],
             registry=r,
         )
@@ -327,6 +347,28 @@ class Metrics:
             registry=r,
         )
         self._etcd_reachable.set(1)
+        self._lease_info = Gauge(
+            "flannel_lease_info",
+            "1 for the node's own subnet lease (only the current one has a series).",
+            ["subnet", "public_ip", "backend"],
+            registry=r,
+        )
+        self._lease_labels: tuple[str, str, str] | None = None
+        self._subnets_leased = Gauge(
+            "flannel_subnets_leased",
+            "Subnets between SubnetMin and SubnetMax held by a key under subnets/ (any node).",
+            registry=r,
+        )
+        self._subnets_total = Gauge(
+            "flannel_subnets_capacity",
+            "Subnets between SubnetMin and SubnetMax (the pool leases are taken from).",
+            registry=r,
+        )
+        # process_* (CPU, memory, fds, start time) and python_* (gc, version), collected at
+        # scrape time from /proc/self and the gc module: about 0.1 ms per scrape (measured).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         # Pre-create the common series so that rate() works from the first scrape and
         # dashboards show 0 instead of "no data".
         for ev in ("acquire", "renew", "lose"):
@@ -347,6 +389,30 @@ class Metrics:
     def set_lease_expiry(self, timestamp: float | None) -> None:
         """Unix time the own lease expires; ``None`` (or 0) while no lease is held."""
         self._lease_expiry.set(timestamp or 0)
+
+    def set_lease_info(self, subnet: str, public_ip: str, backend: str) -> None:
+        """``flannel_lease_info{subnet, public_ip, backend} 1`` for the lease held now; the
+        series of a previous lease is removed (e.g. ``"10.244.1.0/24", "198.18.0.1", "vxlan"``)."""
+        labels = (str(subnet), str(public_ip), str(backend))
+        if self._lease_labels != labels:
+            self._lease_info.clear()
+            self._lease_info.labels(*labels).set(1)
+            self._lease_labels = labels
+
+    def clear_lease_info(self) -> None:
+        """No lease held (released at shutdown, or lost and not yet re-acquired)."""
+        self._lease_info.clear()
+        self._lease_labels = None
+
+    def set_subnet_pool(self, leased: int, total: int) -> None:
+        """Pool usage: subnets of SubnetMin..SubnetMax leased (by any node) and in all.
+
+        See :func:`subnet_pool_usage`.
+        """
+        if leased < 0 or total < 0:
+            raise ValueError(f"subnet pool: leased={leased}, total={total} must be >= 0")
+        self._subnets_leased.set(leased)
+        self._subnets_total.set(total)
 
     def set_backend(self, backend: str) -> None:
         """Update build info once the backend type is known (read from the network config)."""

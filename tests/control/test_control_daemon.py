@@ -112,6 +112,11 @@ async def test_lease_files_readiness_peers_renewal_and_loss(
     assert conflist["name"] == "cbr0"
     assert [p["type"] for p in conflist["plugins"]] == ["flannel", "portmap"]
     assert conflist["plugins"][0]["delegate"] == {"hairpinMode": True, "isDefaultGateway": True}
+    # the own lease as an info series, and the subnet pool's use (counted once a second)
+    assert metric(daemon, f'flannel_lease_info{{backend="recording",public_ip="198.18.0.1",'
+                  f'subnet="{lease.subnet}"}}') == 1
+    await until(lambda: metric(daemon, "flannel_subnets_leased") == 1, 5)
+    assert metric(daemon, "flannel_subnets_capacity") == 255
 
     admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
     prefix = subnets_prefix(etcd_prefix)

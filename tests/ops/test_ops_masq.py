@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from ops_netns import MasqLab, in_ns, udp_probe
 
-from flanneld.masq import MasqConfig, MasqRules, command_runner, make_masq_rules
+from flanneld.masq import (
+    MasqConfig,
+    MasqError,
+    MasqRules,
+    choose_masq_backend,
+    command_runner,
+    make_masq_rules,
+)
 from flanneld.masq_iptables import IptablesMasq, render_restore
 from flanneld.masq_nft import NftMasq, render_replace
 
@@ -116,12 +123,113 @@ def test_apply_check_repair_update_remove(kind: str, make_netns: Callable[[str],
     assert "flannel" not in text.lower(), text
 
 
+# --masq-mode x EnableNFTables x which firewall tools work here -> (firewall, fallback?)
+DECISIONS = [
+    # auto: what the network config's EnableNFTables says, as Go flanneld decides
+    ("auto", False, {"nft", "iptables"}, "iptables", False),
+    ("auto", True, {"nft", "iptables"}, "nft", False),
+    # ... unless that firewall's tool does not work here and the other one does
+    ("auto", False, {"nft"}, "nft", True),
+    ("auto", True, {"iptables"}, "iptables", True),
+    # neither works: the configured one (its apply fails with a clear MasqError)
+    ("auto", False, set(), "iptables", False),
+    ("auto", True, set(), "nft", False),
+    # an explicit --masq-mode wins over EnableNFTables and never falls back
+    ("nftables", False, {"nft", "iptables"}, "nft", False),
+    ("nftables", True, {"iptables"}, "nft", False),
+    ("nft", False, set(), "nft", False),
+    ("iptables", True, {"nft", "iptables"}, "iptables", False),
+    ("iptables", False, {"nft"}, "iptables", False),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("mode", "enable_nftables", "usable", "kind", "fallback"), DECISIONS)
+def test_choose_masq_backend(
+    mode: str, enable_nftables: bool, usable: set[str], kind: str, fallback: bool
+) -> None:
+    choice = choose_masq_backend(mode, enable_nftables, usable=lambda k: k in usable)
+    assert (choice.kind, choice.fallback) == (kind, fallback)
+    assert choice.reason  # logged by make_masq_rules
+
+
+@pytest.mark.unit
+def test_choose_masq_backend_explains_itself() -> None:
+    assert choose_masq_backend("auto", False).reason == "EnableNFTables=false"
+    assert choose_masq_backend("auto", True).reason == "EnableNFTables=true"
+    assert "overrides EnableNFTables=true" in choose_masq_backend("iptables", True).reason
+    assert "overrides" not in choose_masq_backend("iptables", False).reason
+    why = choose_masq_backend("auto", False, usable=lambda k: k == "nft").reason
+    assert "iptables" in why and "nftables" in why
+    with pytest.raises(ValueError, match="--masq-mode"):
+        choose_masq_backend("pf", False)
+
+
+@pytest.mark.unit
+def test_make_masq_rules_follows_enable_nftables(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flanneld.masq as masq
+
+    monkeypatch.setattr(masq, "nft_available", lambda run: True)
+    monkeypatch.setattr(masq, "iptables_available", lambda family: True)
+    assert make_masq_rules(V4).name == "iptables"  # EnableNFTables absent means false
+    assert make_masq_rules(V4, "auto", enable_nftables=False).name == "iptables"
+    assert make_masq_rules(V4, "auto", enable_nftables=True).name == "nft"
+    assert make_masq_rules(V6, "auto", enable_nftables=True).name == "nft"
+    assert make_masq_rules(V4, "iptables", enable_nftables=True).name == "iptables"
+    assert make_masq_rules(V4, "nftables", enable_nftables=False).name == "nft"
+    monkeypatch.setattr(masq, "iptables_available", lambda family: False)
+    assert make_masq_rules(V4, "auto", enable_nftables=False).name == "nft"
+
+
+@pytest.mark.unit
+def test_missing_program_is_a_masq_error() -> None:
+    run = command_runner()
+    proc = run(["/nonexistent/iptables-restore", "--noflush"], None)
+    assert proc.returncode == 127 and b"not found" in proc.stderr
+    with pytest.raises(MasqError, match=r"iptables-restore.*not found"):
+        IptablesMasq(V4, lambda argv, stdin: run(["/nonexistent/" + argv[0], *argv[1:]], stdin)).apply()
+
+
 @pytest.mark.netlink
-def test_auto_prefers_nft(make_netns: Callable[[str], str]) -> None:
+def test_auto_follows_enable_nftables(make_netns: Callable[[str], str]) -> None:
     ns = make_netns("a")
-    assert make_masq_rules(V4, "auto", netns=ns).name == "nft"
+    assert make_masq_rules(V4, "auto", netns=ns, enable_nftables=False).name == "iptables"
+    assert make_masq_rules(V4, "auto", netns=ns, enable_nftables=True).name == "nft"
     assert make_masq_rules(V4, "nftables", netns=ns).name == "nft"
-    assert make_masq_rules(V4, "iptables", netns=ns).name == "iptables"
+    assert make_masq_rules(V4, "iptables", netns=ns, enable_nftables=True).name == "iptables"
+
+
+def iptables_chains(ns: str) -> set[str]:
+    text = in_ns(ns, "iptables-save").stdout
+    return {c for c in ("FLANNEL-POSTRTG", "FLANNEL-FWD") if f":{c} " in text}
+
+
+@pytest.mark.netlink
+def test_switching_firewall_removes_the_other_ones_rules(make_netns: Callable[[str], str]) -> None:
+    """A node whose firewall changes (EnableNFTables edited, or an upgrade from the old auto =
+    nftables) must not keep the other firewall's rules of an older subnet: they would
+    masquerade pod-to-pod traffic of the new one."""
+    ns = make_netns("w")
+    old = MasqConfig.parse("10.244.0.0/16", "10.244.9.1/24")
+    rules_for("nft", old, ns).apply()
+    assert "10.244.9.0/24" in listing("nft", ns)
+    rules = make_masq_rules(V4, "auto", netns=ns, enable_nftables=False)
+    rules.apply()
+    assert "flannel" not in listing("nft", ns)
+    assert iptables_chains(ns) == {"FLANNEL-POSTRTG", "FLANNEL-FWD"}
+    assert rules.check()
+
+    rules = make_masq_rules(V4, "auto", netns=ns, enable_nftables=True)
+    rules.apply()
+    assert iptables_chains(ns) == set()
+    assert "table ip flannel-ipv4" in listing("nft", ns)
+    assert rules.check()
+    # later passes leave the other firewall alone (it was cleared once)
+    rules_for("iptables", V4, ns).apply()
+    assert rules.ensure() is False
+    assert iptables_chains(ns) == {"FLANNEL-POSTRTG", "FLANNEL-FWD"}
+    rules.remove()
+    rules_for("iptables", V4, ns).remove()
 
 
 @pytest.mark.netlink

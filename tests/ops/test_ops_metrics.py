@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flanneld.metrics import DropSample, Metrics, TrafficSample
+from flanneld.metrics import DropSample, Metrics, TrafficSample, subnet_pool_usage
+from flanneld.netconfig import parse_network_config
 
 pytestmark = pytest.mark.unit
 
@@ -58,6 +59,8 @@ def exercised() -> Metrics:
         ]
     )
     m.packets_dropped("ttl_exceeded", 3)
+    m.set_lease_info("10.244.7.0/24", "198.18.0.7", "vxlan")
+    m.set_subnet_pool(leased=12, total=255)
     return m
 
 
@@ -66,6 +69,8 @@ def test_names_follow_conventions() -> None:
     names = set(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     assert names, text
     for name, kind in names:
+        if name.startswith(("process_", "python_")):  # prometheus_client's standard collectors
+            continue
         assert name.startswith("flannel_") and not name.startswith("flannel_flannel"), name
         assert "_created" not in name, name
         if kind == "counter":
@@ -88,8 +93,15 @@ def test_names_follow_conventions() -> None:
         "flannel_dropped_packets_total",
         "flannel_peer_forwarded_bytes_total",
         "flannel_ready",
+        "flannel_lease_info",
+        "flannel_subnets_leased",
+        "flannel_subnets_capacity",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
     }
-    assert required <= {n for n, _ in names}
+    assert required <= {n for n, _ in names}, required - {n for n, _ in names}
 
 
 def test_helper_values() -> None:
@@ -239,3 +251,73 @@ def test_every_op_a_store_reports_has_its_own_label() -> None:
     for op in STORE_OPS:
         assert f'flannel_etcd_requests_total{{op="{op}",result="ok"}} 1.0' in text, op
     assert 'op="other"' not in text
+
+
+def test_lease_info_has_only_the_current_lease() -> None:
+    m = Metrics(backend="vxlan")
+    assert "flannel_lease_info{" not in m.render().decode()  # no lease yet: no series
+    m.set_lease_info("10.244.1.0/24", "198.18.0.1", "vxlan")
+    assert families(m)["flannel_lease_info"] == [
+        ({"subnet": "10.244.1.0/24", "public_ip": "198.18.0.1", "backend": "vxlan"}, 1.0)
+    ]
+    m.set_lease_info("10.244.1.0/24", "198.18.0.1", "vxlan")  # unchanged: still one series
+    m.set_lease_info("10.244.9.0/24", "198.18.0.1", "vxlan")  # re-acquired elsewhere
+    assert families(m)["flannel_lease_info"] == [
+        ({"subnet": "10.244.9.0/24", "public_ip": "198.18.0.1", "backend": "vxlan"}, 1.0)
+    ]
+    m.set_lease_info("10.244.9.0/24", "198.18.0.2", "host-gw")
+    assert len(families(m)["flannel_lease_info"]) == 1
+    m.clear_lease_info()
+    assert "flannel_lease_info{" not in m.render().decode()
+    assert "# TYPE flannel_lease_info gauge" in m.render().decode()
+
+
+def test_subnet_pool_gauges() -> None:
+    m = Metrics(backend="vxlan")
+    assert value(m, "flannel_subnets_leased") == 0
+    assert value(m, "flannel_subnets_capacity") == 0
+    m.set_subnet_pool(leased=230, total=255)
+    assert value(m, "flannel_subnets_leased") == 230
+    assert value(m, "flannel_subnets_capacity") == 255
+    with pytest.raises(ValueError):
+        m.set_subnet_pool(leased=-1, total=255)
+    with pytest.raises(ValueError):
+        m.set_subnet_pool(leased=3, total=-1)
+
+
+def test_subnet_pool_usage_counts_the_range() -> None:
+    from ipaddress import IPv4Network as N
+
+    conf = parse_network_config(
+        '{"Network": "10.244.0.0/16", "SubnetMin": "10.244.10.0", "SubnetMax": "10.244.19.0"}'
+    )
+    subnets = [
+        N("10.244.10.0/24"), N("10.244.19.0/24"), N("10.244.12.0/24"),
+        N("10.244.12.0/24"),  # the same subnet twice (a lease and a key of a dual-stack half)
+        N("10.244.9.0/24"), N("10.244.20.0/24"),  # outside SubnetMin..SubnetMax
+        N("10.244.11.0/25"),  # another prefix length
+        N("10.245.10.0/24"),  # outside Network
+    ]  # fmt: skip
+    assert subnet_pool_usage(conf, subnets) == (3, 10)
+    assert subnet_pool_usage(conf, []) == (0, 10)
+    default = parse_network_config('{"Network": "10.5.0.0/16"}')
+    assert subnet_pool_usage(default, [N("10.5.1.0/24")]) == (1, 255)
+
+
+def test_process_metrics_on_the_daemon_registry() -> None:
+    a, b = Metrics(backend="vxlan"), Metrics(backend="udp")  # one collector per registry
+    fams = families(a)
+    assert value(a, "process_resident_memory_bytes") > 0
+    assert value(a, "process_open_fds") > 0
+    assert value(b, "process_start_time_seconds") > 1_600_000_000
+    assert "process_cpu_seconds_total" in fams
+    assert any(n.startswith("python_gc_") for n in fams)
+    assert "python_info" in fams
+
+
+def test_watch_resets_help_says_one_per_outage() -> None:
+    text = Metrics(backend="vxlan").render().decode()
+    assert (
+        "# HELP flannel_watch_resets_total Restarts of the subnet watch: one per etcd outage"
+        " or compaction (reason: reconnect, compaction).\n"
+    ) in text

@@ -68,6 +68,8 @@ def test_required_alerts_present() -> None:
         "FlannelDropsRising",
         "FlannelDriftRepairs",
         "FlannelNodeNotReady",
+        "FlannelWatchResetsFrequent",
+        "FlannelSubnetPoolNearlyFull",
     } <= names
 
 
