@@ -4,10 +4,10 @@ and that it keeps the config it started with until restarted (Go ignores it sile
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
+from polling import until as poll_until
 
 from flanneld.config_watch import ConfigWatcher, describe_change
 from flanneld.memory_store import MemoryStore
@@ -18,12 +18,8 @@ KEY = "/coreos.com/network/config"
 START = b'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
+async def until(predicate: Callable[[], bool]) -> None:
+    await poll_until(predicate, 5.0, 0.001)
 
 
 def test_describe_change_names_each_field() -> None:

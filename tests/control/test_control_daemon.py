@@ -8,13 +8,14 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 import recording_backend
 from etcd_server import EtcdServer, free_port
+from polling import until
 
 from flanneld.backends import register_backend
 from flanneld.backends.base import ExternalInterface
@@ -33,12 +34,6 @@ async def fixed_interface(config: DaemonConfig) -> ExternalInterface:
     return EXT
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def http_status(url: str) -> int:

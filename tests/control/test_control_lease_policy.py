@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from polling import until
 
 from flanneld.health import Readiness
 from flanneld.lease import Lease, LeaseAttrs, subnets_prefix
@@ -262,15 +263,8 @@ async def test_defend_gives_up_once_our_etcd_lease_is_gone() -> None:
 
 # ---- the watch across an outage ---------------------------------------------------------------
 
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
+async def _until(predicate: Callable[[], bool]) -> None:
+    await until(predicate, 5.0, 0.001)
 
 
 async def test_watch_counts_one_reset_per_outage_and_logs_resumed_without_an_event(
