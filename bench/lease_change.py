@@ -1,7 +1,7 @@
 """Lease change -> kernel on every lab node: etcd put to route/neigh/fdb, p50/p99 (issue 3, bench 2).
 
 Run as root:  .venv/bin/python bench/lease_change.py [--quick] [--backends vxlan,host-gw]
-              [--nodes 3] [--changes 200] [--rounds 3] [--peers 0]
+              [--nodes 3] [--changes 200] [--rounds 3] [--peers 0[,1000,5000]]
               [--flanneld-arg=--drift-interval=3600 ...]
 
 Per backend, a netns lab (``flabb1``, N nodes, no pods) runs our flanneld on every node.  The bench
@@ -27,9 +27,12 @@ lab's underlay namespace (a short-lived thread enters it with setns), so this pr
 the root namespace.  The put's round trip (etcd commit, fsync included) is part of the figure and
 is printed on its own too.
 
-``--peers N`` first puts N more fake peer leases (10.241.0.0/24 and up; the lab's Network is
-10.240.0.0/12 so there is room) that stay during the rounds, since each incremental reconcile
-plans against all known peers: the 3-node lab alone is the easy case.
+``--peers N`` first puts N more fake peer leases (10.224.0.0/24 and up; the lab's Network is
+10.224.0.0/11 so there is room) that stay during the rounds: the 3-node lab alone is the easy
+case.  ``--peers 0,1000,5000`` is an axis: a fresh lab per value, then a table of p50/p99 per
+value with the ratio to the first value, and each daemon's peak RSS (VmHWM), all in one run
+(the redesign's goal: p50 and p99 at 5000 peers within 1.3x of those with none, so
+``--nodes 1 --peers 0,1000,5000`` is the single-daemon case).
 
 Prints per round p50/p99 per node and over all (per change: the slowest node), per kind of
 change, and the medians over rounds.  Goal p99 <= 50 ms (reported, never enforced).  Exit 1 only
@@ -71,9 +74,9 @@ from netnslab.names import LabNames  # noqa: E402
 
 LAB_NAME = "flabb1"
 SUBNETS_PREFIX = "/coreos.com/network/subnets/"
-NETWORK = IPv4Network("10.240.0.0/12")  # the lab's flannel Network: room for --peers
+NETWORK = IPv4Network("10.224.0.0/11")  # the lab's flannel Network: room for --peers 5000+
 FAKE_SUBNET_START = IPv4Network("10.240.200.0/24")  # the peers whose leases change
-BACKGROUND_START = IPv4Network("10.241.0.0/24")  # --peers: leases that stay put
+BACKGROUND_START = IPv4Network("10.224.0.0/24")  # --peers: leases that stay put
 FAKE_PUBLIC_IP_START = IPv4Address("198.18.0.100")
 CHANGE_TIMEOUT = 10.0  # a change not seen on every node after this counts as lost
 GOAL_P99_MS = 50.0
@@ -390,6 +393,7 @@ class RoundResult:
     put_rtt: list[float]  # ms
     lost: int
     cpu_per_change: dict[int, float] = field(default_factory=dict)  # ms of flanneld CPU, per node
+    peak_rss_mb: float = math.nan  # the largest flanneld VmHWM at the end of the run
 
 
 def load_background(
@@ -445,6 +449,17 @@ def flanneld_cpu_seconds(lab_name: str, node: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def flanneld_peak_rss_mb(lab_name: str, node: int) -> float:
+    """The node's flanneld peak resident set (VmHWM) in MB (nan if it is not running)."""
+    ref = labdaemon.running(labmod.load(lab_name), node)
+    if ref is None:
+        return math.nan
+    for line in Path(f"/proc/{ref.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
 
 
 def run_round(
@@ -521,6 +536,7 @@ def summary(backend: str, rounds: list[RoundResult]) -> dict[str, float]:
         "p99_ms": med(pct(r.slowest, 0.99) for r in rounds),
         "put_rtt_p50_ms": med(pct(r.put_rtt, 0.5) for r in rounds),
         "cpu_ms_per_change": med(med(r.cpu_per_change.values()) for r in rounds),
+        "peak_rss_mb": max(r.peak_rss_mb for r in rounds),
     }
     for node in rounds[0].per_node:
         out[f"n{node}_p50_ms"] = med(pct(r.per_node[node], 0.5) for r in rounds)
@@ -578,7 +594,7 @@ def bench_backend(
                     names,
                     backend,
                     list(range(1, nodes + 1)),
-                    fake_subnets(used, peers, BACKGROUND_START),
+                    fake_subnets(used | set(fakes), peers, BACKGROUND_START),
                 )
                 print(
                     f"{backend}: {peers} background peer leases put and routed on every node in {took:.1f}s"
@@ -597,6 +613,9 @@ def bench_backend(
                 print_round(backend, r, res)
                 results.append(res)
             overruns = sum(m.overruns for m in mons)
+            rss = max(flanneld_peak_rss_mb(names.name, n) for n in range(1, nodes + 1))
+            for res in results:
+                res.peak_rss_mb = rss
         finally:
             if writer is not None:
                 writer.close()
@@ -612,10 +631,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
         "--peers",
-        type=int,
-        default=0,
-        help="background peer leases present during the rounds (each node then "
-        "plans every change among that many peers)",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[0],
+        help="background peer leases present during the rounds; a comma list (0,1000,5000) "
+        "runs each and prints the ratios to the first",
     )
     ap.add_argument(
         "--flanneld-arg",
@@ -639,21 +658,23 @@ def main() -> int:
     backends = args.backends.split(",")
     print(
         f"lease change -> kernel on every node: {args.nodes}-node lab {LAB_NAME}, "
-        f"{args.changes} changes x {args.rounds} rounds per backend, {args.peers} background "
-        f"peers, goal p99 <= {GOAL_P99_MS:g} ms"
+        f"{args.changes} changes x {args.rounds} rounds per backend, "
+        f"{','.join(map(str, args.peers))} background peers, goal p99 <= {GOAL_P99_MS:g} ms"
         + (f", flanneld {' '.join(args.flanneld_arg)}" if args.flanneld_arg else "")
     )
     summaries: dict[str, dict[str, float]] = {}
     lost = 0
     for backend in backends:
-        t0 = time.monotonic()
-        results, overruns = bench_backend(
-            backend, args.nodes, args.changes, args.rounds, args.peers, tuple(args.flanneld_arg)
-        )
-        lost += sum(r.lost for r in results)
-        summaries[backend] = summary(backend, results)
-        extra = f", {overruns} netlink overruns" if overruns else ""
-        print(f"{backend}: done in {time.monotonic() - t0:.0f}s{extra}\n", flush=True)
+        for peers in args.peers:
+            t0 = time.monotonic()
+            results, overruns = bench_backend(
+                backend, args.nodes, args.changes, args.rounds, peers, tuple(args.flanneld_arg)
+            )
+            lost += sum(r.lost for r in results)
+            row = backend if len(args.peers) == 1 else f"{backend}/{peers}"
+            summaries[row] = summary(backend, results)
+            extra = f", {overruns} netlink overruns" if overruns else ""
+            print(f"{row}: done in {time.monotonic() - t0:.0f}s{extra}\n", flush=True)
     print(
         f"medians over {args.rounds} round(s), ms from etcd put sent to kernel object on the node "
         "(cpu/chg: flanneld CPU ms per change, median node):"
@@ -661,16 +682,24 @@ def main() -> int:
     nodes = [f"n{i}" for i in range(1, args.nodes + 1)]
     head = "".join(f"{n + ' p50':>9}{n + ' p99':>9}" for n in nodes)
     print(
-        f"{'backend':9}{'put rtt':>9}{head}{'all p50':>9}{'all p99':>9}{'cpu/chg':>9}"
+        f"{'backend':13}{'put rtt':>9}{head}{'all p50':>9}{'all p99':>9}{'cpu/chg':>9}{'RSS MB':>8}"
         f"  goal p99 <= {GOAL_P99_MS:g}"
     )
     for backend, s in summaries.items():
         cells = "".join(f"{s[n + '_p50_ms']:9.1f}{s[n + '_p99_ms']:9.1f}" for n in nodes)
         verdict = "n/a" if math.isnan(s["p99_ms"]) else "met" if s["p99_ms"] <= GOAL_P99_MS else "MISSED"
         print(
-            f"{backend:9}{s['put_rtt_p50_ms']:9.1f}{cells}{s['p50_ms']:9.1f}{s['p99_ms']:9.1f}"
-            f"{s['cpu_ms_per_change']:9.1f}  {verdict}"
+            f"{backend:13}{s['put_rtt_p50_ms']:9.1f}{cells}{s['p50_ms']:9.1f}{s['p99_ms']:9.1f}"
+            f"{s['cpu_ms_per_change']:9.1f}{s['peak_rss_mb']:8.1f}  {verdict}"
         )
+    if len(args.peers) > 1:
+        base = args.peers[0]
+        for backend in backends:
+            b = summaries[f"{backend}/{base}"]
+            for peers in args.peers[1:]:
+                s = summaries[f"{backend}/{peers}"]
+                print(f"ratio {backend} {peers} / {base} peers: p50 {s['p50_ms'] / b['p50_ms']:.2f}x, "
+                      f"p99 {s['p99_ms'] / b['p99_ms']:.2f}x (goal <= 1.3x)")
     if len(summaries) == 2 and all(b in summaries for b in ("vxlan", "host-gw")):
         v, h = summaries["vxlan"], summaries["host-gw"]
         print(
