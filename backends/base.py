@@ -13,6 +13,8 @@ one object per daemon run, driven by the daemon in this order:
    so there is always one).
 4. ``reconcile(peers, full)``: make the kernel match the peer set, idempotently; ``full`` observes
    the kernel (start-up and drift pass) instead of trusting the last applied state.
+   ``apply_changes(changes, peers)`` between full passes: only the peers named by the lease
+   events since the last pass are planned (O(changes)).
 5. ``close()``: stop background work but leave the datapath in place, so pods keep talking while
    the daemon restarts.
 """
@@ -118,6 +120,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
         """Converge the datapath to ``peers`` (leases of other nodes this backend handles)."""
+
+    async def apply_changes(
+        self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
+    ) -> ReconcileResult:
+        """Apply lease events: the peers named in ``changes`` (a lease, or None when gone),
+        planning only their kernel objects, so one event costs O(1) whatever the number of
+        peers.  ``peers`` is every peer (after the changes; not to be kept).  The default is
+        an incremental ``reconcile`` over ``peers``."""
+        return await self.reconcile(peers, full=False)
+
+    def wanted(self, own: Lease, lease: Lease | None) -> Lease | None:
+        """``lease`` if this backend programs it as a peer of ``own``, else None."""
+        if lease is None or not self.handles(lease) or lease.subnet == own.subnet:
+            return None
+        return None if lease.attrs.public_ip == own.attrs.public_ip else lease
 
     def forwarding_source(self) -> ForwardingSource:
         """Traffic counters for the metrics: by default the kernel's counters of the fabric

@@ -123,6 +123,29 @@ class HostGWBackend(Backend):
                 log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
         return summarize(outcomes, repaired)
 
+    async def apply_changes(
+        self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
+    ) -> ReconcileResult:
+        if self._own is None:
+            raise RuntimeError("reconcile before activate")
+        own, ext_index = self._own, self.ctx.ext.index
+        async with self._lock:
+            old: dict[int, Route] = {}
+            new: dict[int, Route] = {}
+            for subnet, lease in changes.items():
+                key = peer_sort_key(subnet)
+                if (before := self._specs.pop(key, None)) is not None:
+                    old[key] = before
+                if (peer := self.wanted(own, lease)) is not None:
+                    new[key] = self._specs[key] = Route(subnet, ext_index, peer.attrs.public_ip)
+            ops = plan_changed(old, new, lambda route: (route,), self._applied.objects)
+            outcomes = await self._netlink.apply(ops)
+            self._applied.record(outcomes)
+        for o in outcomes:
+            if not o.ok:
+                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
+        return summarize(outcomes, 0)
+
     async def close(self) -> None:
         """Leave the routes in place; only drop our netlink sockets."""
         if self._owns_netlink:

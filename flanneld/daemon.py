@@ -101,6 +101,8 @@ class Daemon:
         self.netconf: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.peers: dict[IPv4Network, Lease] = {}
+        # Peers changed since the last reconcile pass (None: gone), for Backend.apply_changes.
+        self._changes: dict[IPv4Network, Lease | None] = {}
         self._dirty = asyncio.Event()
         self._files_pending = asyncio.Event()  # a state file still has to be (re)written
         self._file_error: str | None = None
@@ -120,7 +122,8 @@ class Daemon:
         """The lease keeper re-acquired another subnet: reprogram what depends on it."""
         assert self.backend is not None
         self._publish_lease_info(new)
-        self.peers.pop(new.subnet, None)
+        if self.peers.pop(new.subnet, None) is not None:
+            self._changes[new.subnet] = None  # now ours: no longer a peer
         await self.backend.activate(new)
         await self._program_masq()
         self._write_files()
@@ -451,6 +454,7 @@ class Daemon:
                 continue
             if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
                 if self.peers.pop(lease.subnet, None) is not None:
+                    self._changes[lease.subnet] = None
                     log_event(log, "peer removed", subnet=lease.subnet, public_ip=lease.attrs.public_ip)
             else:
                 known = self.peers.get(lease.subnet)
@@ -458,6 +462,7 @@ class Daemon:
                     log_event(log, "peer changed" if known else "peer added", subnet=lease.subnet,
                               public_ip=lease.attrs.public_ip)
                 self.peers[lease.subnet] = lease
+                self._changes[lease.subnet] = lease
         self.metrics.set_peers(len(self.peers))
         self._dirty.set()
 
@@ -473,11 +478,19 @@ class Daemon:
             kind = "full" if full else "incremental"
             if full and self.book is not None:
                 self.backend.disowned = self.book.disowned_routes()
+            # Events since the last pass: only their peers are planned (O(changes), not
+            # O(peers)); a full pass converges everything, so it takes them all.
+            changes, self._changes = self._changes, {}
             try:
                 with self.metrics.reconcile(kind):
-                    result = await self.backend.reconcile(dict(self.peers), full=full)
+                    if full:
+                        result = await self.backend.reconcile(dict(self.peers), full=True)
+                    else:
+                        result = await self.backend.apply_changes(changes, self.peers)
             except (FlannelError, OSError) as exc:
                 log.error("reconcile (%s) failed: %s", kind, exc)
+                for subnet, lease in changes.items():  # retried, unless newer news came
+                    self._changes.setdefault(subnet, lease)
                 self._dirty.set()
                 await asyncio.sleep(1.0)
                 continue

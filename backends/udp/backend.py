@@ -156,6 +156,27 @@ class UDPBackend(Backend):
                 IPv4Network((dp.local.network, bin(dp.local.mask).count("1"))))
         return ReconcileResult(applied=applied, repaired=applied if full else 0, failed=failed)
 
+    async def apply_changes(
+        self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
+    ) -> ReconcileResult:
+        """One route of the datapath per named peer: O(changes)."""
+        dp = self.datapath
+        if dp is None:
+            raise RuntimeError("reconcile before activate")
+        applied = 0
+        for subnet, lease in changes.items():
+            host = None if lease is None or not self.handles(lease) or dp.local.contains(
+                int(subnet.network_address)) else str(lease.attrs.public_ip)
+            have = dp.routes.get(subnet)
+            if host is None:
+                if have is not None:
+                    dp.del_route(str(subnet))
+                    applied += 1
+            elif have is None or have[0] != host:
+                dp.set_route(str(subnet), host)
+                applied += 1
+        return ReconcileResult(applied=applied)
+
     def forwarding_source(self) -> ForwardingSource:
         """Per-peer (remote subnet) packets/bytes by direction and drops by reason, read from
         the datapath's counters at scrape time (nothing is added to the hot path)."""

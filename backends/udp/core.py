@@ -307,6 +307,11 @@ class RouteTable:
                 self._reindex()
         return old
 
+    def get(self, subnet: ipaddress.IPv4Network) -> tuple[str, int] | None:
+        """The route of exactly ``subnet`` (host, port), or None; O(1)."""
+        table = self._tables.get(subnet.prefixlen)
+        return table.get(int(subnet.network_address)) if table is not None else None
+
     def delete(self, subnet: str | ipaddress.IPv4Network) -> bool:
         return self.remove(subnet) is not None
 
