@@ -109,6 +109,7 @@ class Daemon:
         self.store_health = StoreHealth(config.etcd_unreachable_not_ready)
         self.rejections = RejectionLog(logging.getLogger("flanneld.leases"))
         self.book: LeaseBook | None = None
+        self._pool_seen, self._pool_next = -1, 0.0
         self._tasks: list[asyncio.Task[Any]] = []
         self.masq: MasqRules | None = None
         self.exit_code = 0  # 1 when a task died; 0 after SIGTERM/SIGINT
@@ -134,11 +135,18 @@ class Daemon:
         self.metrics.set_lease_info(str(lease.subnet), str(lease.attrs.public_ip),
                                     self.netconf.backend.type)
 
+    POOL_INTERVAL = 10.0  # seconds between counts of the subnet pool (O(keys) each)
+
     def _pool_usage(self) -> None:
         """flannel_subnets_leased / _capacity: every key whose name parses holds its subnet
-        for the allocator, accepted or not."""
+        for the allocator, accepted or not.  Counted again only when the book changed, and at
+        most every POOL_INTERVAL (10,000 junk keys must not cost CPU every second)."""
         if self.book is None or self.netconf is None:
             return
+        now = time.monotonic()
+        if self.book.version == self._pool_seen or now < self._pool_next:
+            return
+        self._pool_seen, self._pool_next = self.book.version, now + self.POOL_INTERVAL
         subnets = list(self.book.accepted)
         for key in self.book.rejected:
             with contextlib.suppress(LeaseDecodeError):

@@ -100,6 +100,7 @@ class LeaseBook:
         self._holders: dict[IPv4Network, str] = {}  # subnet -> key of the accepted lease
         self._revisions: dict[str, int] = {}  # key -> last revision applied
         self._shadowed: dict[str, Lease] = {}  # valid leases that lost a subnet to an earlier key
+        self.version = 0  # bumped on every change (readers can skip work when it did not move)
 
     # -- changes -------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class LeaseBook:
         self.accepted, self.rejected, self.counts = fresh.accepted, fresh.rejected, fresh.counts
         self._holders, self._revisions, self._shadowed = (
             fresh._holders, fresh._revisions, fresh._shadowed)
+        self.version += 1
         if self._on_rejected is not None:
             for rejection in self.rejected.values():
                 if (rejection.key, rejection.revision) not in reported:
@@ -178,6 +180,7 @@ class LeaseBook:
         self._shadowed.pop(key, None)
 
     def _set(self, key: str, state: _State, revision: int) -> list[LeaseEvent]:
+        self.version += 1
         self._revisions[key] = revision
         # Take the key's previous state out: it may have held a subnet.
         self._unreject(key)
