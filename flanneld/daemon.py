@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -528,6 +529,11 @@ class Daemon:
             stopper.cancel()
             try:
                 starter.result()
+                # What start-up made (modules, the config, the first listing) lives as long
+                # as the process: out of the collector's sight, a full collection no longer
+                # walks it.  Measured: with 5000 peers a lease event took 1.66x (p50) the
+                # time it takes with none; with this, 1.0x (docs/benchmarks.md).
+                gc.freeze()
             except ConfigError as exc:
                 log.critical("%s", exc)
                 self.exit_code = 2
