@@ -60,7 +60,7 @@ async def _run(config: DaemonConfig) -> int:
             daemon.observe_store(op, result, seconds)
 
     store = make_store(config, observe)
-    daemon = Daemon(config, store, resolve_interface)
+    daemon = Daemon(config, store, resolve_interface, freeze_gc=True)
     return await daemon.run()
 
 

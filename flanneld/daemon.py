@@ -86,6 +86,7 @@ class Daemon:
         resolve_interface: InterfaceResolver,
         *,
         notifier: Notifier | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.config = config
         self.store = store
@@ -114,6 +115,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.masq: MasqRules | None = None
         self.exit_code = 0  # 1 when a task died; 0 after SIGTERM/SIGINT
+        self.freeze_gc = freeze_gc
 
     @property
     def lease(self) -> Lease | None:
@@ -532,8 +534,10 @@ class Daemon:
                 # What start-up made (modules, the config, the first listing) lives as long
                 # as the process: out of the collector's sight, a full collection no longer
                 # walks it.  Measured: with 5000 peers a lease event took 1.66x (p50) the
-                # time it takes with none; with this, 1.0x (docs/benchmarks.md).
-                gc.freeze()
+                # time it takes with none; with this, 1.0x (docs/benchmarks.md).  Only in the
+                # daemon's own process (cli), never in a process that embeds the daemon.
+                if self.freeze_gc:
+                    gc.freeze()
             except ConfigError as exc:
                 log.critical("%s", exc)
                 self.exit_code = 2
