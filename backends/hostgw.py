@@ -118,10 +118,7 @@ class HostGWBackend(Backend):
             self._specs = specs
             outcomes = await self._netlink.apply(ops)
             self._applied.record(outcomes)
-        for o in outcomes:
-            if not o.ok:
-                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
-        return summarize(outcomes, repaired)
+        return summarize(outcomes, repaired, log)
 
     async def apply_changes(
         self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
@@ -141,10 +138,7 @@ class HostGWBackend(Backend):
             ops = plan_changed(old, new, lambda route: (route,), self._applied.objects)
             outcomes = await self._netlink.apply(ops)
             self._applied.record(outcomes)
-        for o in outcomes:
-            if not o.ok:
-                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
-        return summarize(outcomes, 0)
+        return summarize(outcomes, 0, log)
 
     async def close(self) -> None:
         """Leave the routes in place; only drop our netlink sockets."""

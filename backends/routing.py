@@ -15,6 +15,7 @@ route stops attracting traffic before its neighbour goes).  Within a kind, ops s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -197,8 +198,15 @@ class AppliedState:
                 self.objects.pop(key, None)
 
 
-def summarize(outcomes: Sequence[Outcome], repaired: int) -> ReconcileResult:
-    failed = sum(1 for o in outcomes if not o.ok)
+def summarize(outcomes: Sequence[Outcome], repaired: int,
+              log: logging.Logger | None = None) -> ReconcileResult:
+    """The pass's result; each failed operation is logged on ``log``."""
+    failed = 0
+    for o in outcomes:
+        if not o.ok:
+            failed += 1
+            if log is not None:
+                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
     return ReconcileResult(applied=len(outcomes) - failed, repaired=repaired, failed=failed)
 
 

@@ -386,10 +386,7 @@ class VXLANBackend(Backend):
             peer_outcomes = await self._netlink.apply(ops)
             self._applied.record(peer_outcomes)
             outcomes += peer_outcomes
-        for o in outcomes:
-            if not o.ok:
-                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
-        return summarize(outcomes, repaired)
+        return summarize(outcomes, repaired, log)
 
     async def apply_changes(
         self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
@@ -415,10 +412,7 @@ class VXLANBackend(Backend):
             ops = plan_changed(old, new, peer_objects, self._applied.objects)
             outcomes = await self._netlink.apply(ops)
             self._applied.record(outcomes)
-        for o in outcomes:
-            if not o.ok:
-                log.warning("%s failed: %s (errno %d %s)", o.kind, o.op, o.errno, o.message)
-        return summarize(outcomes, 0)
+        return summarize(outcomes, 0, log)
 
     async def _observe(self) -> list[KernelObject]:
         routes = await self._netlink.routes()
