@@ -151,6 +151,8 @@ def test_received_datagrams_are_checked_before_the_tun(offload: bool) -> None:
         assert (drops["bad_header_checksum"], drops["destination_not_local"], drops["truncated"]) \
             == (1, 1, 1)
         assert got == [good]
+        # the thread counts right after its TUN write: poll, the packet may be read first
+        wait_until(lambda: b.dp.stats()["peers"]["127.0.0.1"]["rx_packets"] == 1, "rx counted")
         assert b.dp.stats()["peers"]["127.0.0.1"]["rx_packets"] == 1
     finally:
         b.dp.stop()
