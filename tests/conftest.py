@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -13,6 +14,25 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from etcd_server import EtcdServer
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what a test's logging set-up did: root handlers and level, our logger's and the
+    libraries' levels."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    names = ("flanneld", "aetcd", "grpc", "pyroute2", "asyncio", "urllib3")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        yield
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -386,23 +385,6 @@ def test_parser_knows_every_flag() -> None:
 
 
 # ---------------------------------------------------------------- -v vs -vv, ignored-flags line
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    names = ("flanneld", "aetcd", "grpc", "pyroute2", "asyncio", "urllib3")
-    levels = {n: logging.getLogger(n).level for n in names}
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
-        for n, lvl in levels.items():
-            logging.getLogger(n).setLevel(lvl)
 
 
 def _emit_all() -> None:

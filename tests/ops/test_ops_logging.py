@@ -5,29 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from flanneld.logging_setup import FieldsAdapter, log_event, setup_logging
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    libs = {n: logging.getLogger(n).level for n in ("aetcd", "pyroute2", "grpc")}
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
-        for n, lvl in libs.items():
-            logging.getLogger(n).setLevel(lvl)
 
 
 def lines(buf: io.StringIO) -> list[str]:
