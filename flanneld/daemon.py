@@ -27,7 +27,7 @@ from flanneld import __version__
 from flanneld.atomic import check_writable_path
 from flanneld.backends import backend_class
 from flanneld.backends.base import Backend, BackendContext, ExternalInterface
-from flanneld.backoff import Backoff
+from flanneld.backoff import retry
 from flanneld.config import DaemonConfig
 from flanneld.config_watch import ConfigWatcher
 from flanneld.endpoints import etcd_addresses
@@ -35,7 +35,6 @@ from flanneld.errors import (
     ConfigError,
     FlannelError,
     LeaseDecodeError,
-    OutOfSubnetsError,
     StoreUnavailableError,
 )
 from flanneld.health import HealthServer, Readiness
@@ -60,7 +59,7 @@ log = logging.getLogger("flanneld")
 
 
 class StartupError(FlannelError):
-    """Start-up cannot go on (a busy port, missing privileges, an interface that never came)."""
+    """Start-up cannot go on (a busy port, missing privileges)."""
 
 
 def has_net_admin() -> bool:
@@ -175,28 +174,8 @@ class Daemon:
 
     async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]], cap: float = 10.0,
                      give_up_after: float | None = None) -> Any:
-        """Call ``fn`` until it succeeds; log each distinct failure once; capped backoff.
-        With ``give_up_after``, the last error is raised once that many seconds have passed."""
-        backoff = Backoff(0.5, cap)
-        last = ""
-        deadline = None if give_up_after is None else time.monotonic() + give_up_after
-        while True:
-            try:
-                return await fn()
-            except (FlannelError, OSError) as exc:
-                message = str(exc)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise StartupError(f"{what}: {message} (gave up after {give_up_after:.0f}s)") from None
-                if message != last:
-                    level = logging.ERROR if isinstance(exc, OutOfSubnetsError) else logging.WARNING
-                    waiting = "" if give_up_after is None else f", for up to {give_up_after:.0f}s"
-                    log.log(level, "%s: %s (retrying%s)", what, message, waiting)
-                    last = message
-                delay = backoff.next()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
-            if self.stopping.is_set():
-                raise asyncio.CancelledError
+        """``backoff.retry`` until the daemon stops."""
+        return await retry(what, fn, stopping=self.stopping, cap=cap, give_up_after=give_up_after)
 
     def _subnet_env(self) -> SubnetEnv:
         assert self.lease is not None and self.netconf is not None and self.backend is not None

@@ -17,15 +17,14 @@ the daemon wires the hooks (readiness, metrics, what to reprogram when the subne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from flanneld.backoff import Backoff
-from flanneld.errors import FlannelError, OutOfSubnetsError, StoreUnavailableError
+from flanneld.backoff import Backoff, retry, wait_or_stop
+from flanneld.errors import OutOfSubnetsError, StoreUnavailableError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.logging_setup import log_event
 from flanneld.netconfig import NetworkConfig
@@ -51,11 +50,6 @@ class KeeperHooks:
     moved: Callable[[Lease, Lease], Awaitable[None]] = field(default=_noop_moved)
 
 
-async def _wait(event: asyncio.Event, delay: float | None) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), delay)
-
-
 class LeaseKeeper:
     RENEW_RETRY_CAP = 3.0
     RENEW_REMINDER = 60.0
@@ -72,7 +66,7 @@ class LeaseKeeper:
         stopping: asyncio.Event | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
-        wait: Callable[[asyncio.Event, float | None], Awaitable[None]] = _wait,
+        wait: Callable[[asyncio.Event, float | None], Awaitable[None]] = wait_or_stop,
     ) -> None:
         self.manager, self.attrs, self.netconf = manager, attrs, netconf
         self.renew_margin, self.ttl = renew_margin, ttl
@@ -87,26 +81,19 @@ class LeaseKeeper:
     async def acquire(self, previous: IPv4Network | None) -> Lease:
         """Flannel's acquire order, retried (capped backoff, each distinct failure logged
         once) until it succeeds; CancelledError when the daemon stops meanwhile."""
-        backoff = Backoff(0.5, 30.0)
-        last = ""
-        while True:
-            try:
-                lease = await self.manager.acquire(self.attrs, self.netconf, previous)
-            except (FlannelError, OSError) as exc:
-                if isinstance(exc, (StoreUnavailableError, OutOfSubnetsError)):
-                    self.hooks.event("acquire", False)
-                if str(exc) != last:
-                    level = logging.ERROR if isinstance(exc, OutOfSubnetsError) else logging.WARNING
-                    log.log(level, "acquiring a subnet lease: %s (retrying)", exc)
-                    last = str(exc)
-                await self._wait(self.stopping, backoff.next())
-                if self.stopping.is_set():
-                    raise asyncio.CancelledError from None
-                continue
-            self.hooks.event("acquire", True)
-            self.hooks.expiry(lease.expiration)
-            self.lease = lease
-            return lease
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, (StoreUnavailableError, OutOfSubnetsError)):
+                self.hooks.event("acquire", False)
+
+        lease = await retry(
+            "acquiring a subnet lease",
+            lambda: self.manager.acquire(self.attrs, self.netconf, previous),
+            stopping=self.stopping, cap=30.0, on_failure=failed, wait=self._wait)
+        self.hooks.event("acquire", True)
+        self.hooks.expiry(lease.expiration)
+        self.lease = lease
+        return lease
 
     # -- keeping -------------------------------------------------------------------------
 
