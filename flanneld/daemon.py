@@ -186,7 +186,7 @@ class Daemon:
             ipmasq=self.config.ip_masq,
         )
 
-    def _write_files(self) -> bool:
+    def _write_files(self) -> None:
         """Write subnet.env (and the docker options and CNI conflist when asked for).
 
         Never raises: a full or read-only file system must not stop the daemon (Go warns and
@@ -230,7 +230,6 @@ class Daemon:
             self._files_pending.clear()
         else:
             self._files_pending.set()
-        return error is None
 
     FILE_RETRY = 5.0
 
