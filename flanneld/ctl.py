@@ -391,8 +391,8 @@ async def reserve(store: Any, prefix: str, endpoints: str, subnet: IPv4Network,
     daemons would not use it or another PublicIP holds the subnet (unless ``force``)."""
     from flanneld.backends import backend_class
     from flanneld.endpoints import etcd_addresses
-    from flanneld.lease import Lease
-    from flanneld.lease_book import LeaseBook, key_name
+    from flanneld.lease import Lease, key_name
+    from flanneld.lease_book import LeaseBook
     from flanneld.lease_policy import LeasePolicy, RejectReason
     from flanneld.netconfig import parse_network_config
 

@@ -183,6 +183,11 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     return subnet, ipv6
 
 
+def key_name(key: str) -> str:
+    """What follows the last ``/subnets/`` in an etcd key (for display)."""
+    return key.rsplit("/subnets/", 1)[-1] or "(empty)"
+
+
 def subnets_prefix(prefix: str) -> str:
     return prefix.rstrip("/") + "/subnets/"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from flanneld.errors import LeaseDecodeError
-from flanneld.lease import Lease, decode_lease_attrs, parse_subnet_key
+from flanneld.lease import Lease, decode_lease_attrs, key_name, parse_subnet_key
 from flanneld.lease_policy import LeasePolicy, Rejection, RejectReason
 from flanneld.store import KeyValue
 
@@ -38,11 +38,6 @@ class LeaseEventKind(enum.Enum):
 class LeaseEvent:
     kind: LeaseEventKind
     lease: Lease
-
-
-def key_name(key: str) -> str:
-    """What follows the last ``/subnets/`` in a key (for display)."""
-    return key.rsplit("/subnets/", 1)[-1] or "(empty)"
 
 
 def lease_from_kv(kv: KeyValue) -> Lease:

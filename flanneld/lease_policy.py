@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from flanneld.lease import Lease
+from flanneld.lease import Lease, key_name
 from flanneld.netops import normalize_mac
 
 
@@ -63,7 +63,7 @@ class Rejection:
 
     @property
     def name(self) -> str:
-        return self.key.rsplit("/subnets/", 1)[-1] or "(empty)"
+        return key_name(self.key)
 
 
 def public_ip_problem(ip: IPv4Address, network: IPv4Network | None = None) -> str | None:
