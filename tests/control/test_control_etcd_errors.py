@@ -39,27 +39,26 @@ def silent_listener() -> Iterator[int]:
         srv.close()
 
 
-async def test_refused_is_reported_as_refused_not_tls() -> None:
-    port = closed_port()
+async def unavailable_error(port: int) -> str:
+    """The StoreUnavailableError text of one get against 127.0.0.1:``port``."""
     store = EtcdStore(parse_endpoints(f"http://127.0.0.1:{port}"), timeout=1)
     try:
         with pytest.raises(StoreUnavailableError) as info:
             await store.get("/x")
     finally:
         await store.close()
-    text = str(info.value)
+    return str(info.value)
+
+
+async def test_refused_is_reported_as_refused_not_tls() -> None:
+    port = closed_port()
+    text = await unavailable_error(port)
     assert f"http://127.0.0.1:{port}: connection refused" in text, text
     assert "TLS" not in text and "\n" not in text, text
 
 
 async def test_no_answer_is_reported_as_a_timeout_not_tls(silent_listener: int) -> None:
-    store = EtcdStore(parse_endpoints(f"http://127.0.0.1:{silent_listener}"), timeout=1)
-    try:
-        with pytest.raises(StoreUnavailableError) as info:
-            await store.get("/x")
-    finally:
-        await store.close()
-    text = str(info.value)
+    text = await unavailable_error(silent_listener)
     assert "no answer within 2s" in text, text
     assert "TLS" not in text and "\n" not in text, text
 
