@@ -1,23 +1,39 @@
 """Kernel objects and netlink operations as plain data.
 
 Why: the backends decide *what* the kernel should hold with pure planners
-(``plan(own lease, peers, observed) -> [Op]``); only ``flanneld.netlink`` turns these values into
-netlink messages.  Keeping the vocabulary here, free of pyroute2, lets the planners be tested
-with golden op lists and no root, and lets the daemon count outcomes by kind without importing
-netlink.
+(``plan(own lease, peers, observed) -> [Op]``); only ``flanneld.netlink_codec`` turns these
+values into netlink messages (and ``flanneld.netlink`` sends them).  Keeping the vocabulary here,
+free of sockets and message layouts, lets the planners be tested with golden op lists and no
+root, and lets the daemon count outcomes by kind without importing netlink.
 
 Kernel objects (``Address``, ``Route``, ``Neighbour``, ``FdbEntry``) compare by value; each has
 a ``key`` naming the kernel slot it occupies, so a planner can tell "missing" (no object under the
 key), "wrong" (another value under the key) and "stale" (a key nobody wants).
+
+One model for both address families: an object holds ``ipaddress`` IPv4 or IPv6 values and its
+``family`` (``AF_INET`` or ``AF_INET6``, plain ints) follows from their type, so the codec picks
+the message family from the object itself.  Keys contain the address objects, and an IPv4 value
+never equals an IPv6 one, so the same numbers in both families occupy different keys.
 """
 
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 RT_TABLE_MAIN = 254
+AF_INET = int(socket.AF_INET)
+AF_INET6 = int(socket.AF_INET6)
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+def family_of(value: IPAddress | IPNetwork) -> int:
+    """``AF_INET`` for an IPv4 address or network, ``AF_INET6`` for an IPv6 one."""
+    return AF_INET if value.version == 4 else AF_INET6
 
 
 def normalize_mac(mac: str) -> str:
@@ -31,34 +47,47 @@ def normalize_mac(mac: str) -> str:
 
 @dataclass(frozen=True)
 class Address:
-    """An IPv4 address on a device (``ip addr add <address>/<prefixlen> dev <ifindex>``)."""
+    """An IPv4 or IPv6 address on a device (``ip addr add <address>/<prefixlen> dev <ifindex>``).
+
+    ``prefixlen`` defaults to 32 as the IPv4 host addresses flannel puts on its devices; an IPv6
+    host address says 128."""
 
     ifindex: int
-    address: IPv4Address
+    address: IPAddress
     prefixlen: int = 32
 
     kind = "addr"
 
     @property
-    def key(self) -> tuple[str, int, IPv4Address, int]:
+    def key(self) -> tuple[str, int, IPAddress, int]:
         return ("addr", self.ifindex, self.address, self.prefixlen)
+
+    @property
+    def family(self) -> int:
+        return family_of(self.address)
 
 
 @dataclass(frozen=True)
 class Route:
-    """An IPv4 unicast route.  No gateway means a device route (scope link)."""
+    """An IPv4 or IPv6 unicast route.  No gateway means a device route (scope link).
 
-    dst: IPv4Network
+    The family is the destination's; a gateway is of the same family."""
+
+    dst: IPNetwork
     ifindex: int
-    gateway: IPv4Address | None = None
+    gateway: IPAddress | None = None
     onlink: bool = False
     table: int = RT_TABLE_MAIN
 
     kind = "route"
 
     @property
-    def key(self) -> tuple[str, int, IPv4Network]:
+    def key(self) -> tuple[str, int, IPNetwork]:
         return ("route", self.table, self.dst)
+
+    @property
+    def family(self) -> int:
+        return family_of(self.dst)
 
     @property
     def scope_link(self) -> bool:
@@ -67,33 +96,44 @@ class Route:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """An IPv4 neighbour (ARP) entry; ours are always NUD_PERMANENT."""
+    """An IPv4 (ARP) or IPv6 (NDP) neighbour entry; ours are always NUD_PERMANENT."""
 
     ifindex: int
-    address: IPv4Address
+    address: IPAddress
     lladdr: str
     permanent: bool = True
 
     kind = "neigh"
 
     @property
-    def key(self) -> tuple[str, int, IPv4Address]:
+    def key(self) -> tuple[str, int, IPAddress]:
         return ("neigh", self.ifindex, self.address)
+
+    @property
+    def family(self) -> int:
+        return family_of(self.address)
 
 
 @dataclass(frozen=True)
 class FdbEntry:
-    """A vxlan forwarding entry ``<lladdr> dst <dst> self permanent`` on a vxlan device."""
+    """A vxlan forwarding entry ``<lladdr> dst <dst> self permanent`` on a vxlan device.
+
+    The netlink message is always of the bridge family; ``family`` is the remote's (``dst``),
+    which must match the vxlan device's local address family."""
 
     ifindex: int
     lladdr: str
-    dst: IPv4Address
+    dst: IPAddress
 
     kind = "fdb"
 
     @property
-    def key(self) -> tuple[str, int, str, IPv4Address]:
+    def key(self) -> tuple[str, int, str, IPAddress]:
         return ("fdb", self.ifindex, self.lladdr, self.dst)
+
+    @property
+    def family(self) -> int:
+        return family_of(self.dst)
 
 
 KernelObject = Address | Route | Neighbour | FdbEntry
@@ -101,17 +141,24 @@ KernelObject = Address | Route | Neighbour | FdbEntry
 
 @dataclass(frozen=True)
 class VxlanLink:
-    """The attributes of a vxlan device that we create and check for compatibility."""
+    """The attributes of a vxlan device that we create and check for compatibility.
+
+    ``local`` is an IPv4 or IPv6 underlay address (IFLA_VXLAN_LOCAL or IFLA_VXLAN_LOCAL6); an
+    observed device without a local address reads as ``0.0.0.0``."""
 
     name: str
     vni: int
-    local: IPv4Address
+    local: IPAddress
     underlay_ifindex: int
     port: int
     mac: str
     mtu: int
     learning: bool = False
     gbp: bool = False
+
+    @property
+    def family(self) -> int:
+        return family_of(self.local)
 
 
 @dataclass(frozen=True)
@@ -131,7 +178,10 @@ class LinkInfo:
 
 @dataclass(frozen=True)
 class InterfaceInfo:
-    """One interface with its IPv4 addresses, for --iface / --iface-regex selection."""
+    """One interface with its addresses, for --iface / --iface-regex selection.
+
+    ``addresses`` holds the IPv4 ones (what the selection uses today), ``addresses6`` the IPv6
+    ones; each is filled when the observation asked for that family."""
 
     name: str
     index: int
@@ -139,6 +189,7 @@ class InterfaceInfo:
     up: bool
     addresses: tuple[IPv4Address, ...] = ()
     loopback: bool = False
+    addresses6: tuple[IPv6Address, ...] = ()
 
 
 # --- operations ---------------------------------------------------------------------------
