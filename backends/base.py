@@ -1,33 +1,45 @@
-"""The backend interface: what the daemon asks of vxlan, host-gw and udp.
+"""The backend interface, in Go flannel's two levels: a backend per type, a network per lease.
 
-Shaped after Go flannel's two levels (a factory per type, a network per lease), flattened into
-one object per daemon run, driven by the daemon in this order:
+A ``Backend`` (one per daemon run, Go's ``backend.Backend``) owns what outlives a lease: the
+fabric device, the socket, the options.  A ``Network`` (Go's ``backend.Network``) is what the
+backend programs for one lease of this node, and is made by ``register_network``.  The daemon
+drives them in this order:
 
-1. ``validate_options(options)`` (class method, pure): check ``Backend`` options of the network
-   config; used by the daemon and by ``flannelctl config set`` alike.
-2. ``prepare()``: create or reuse the fabric device (a VTEP MAC must exist before the lease is
-   written) and return the ``LeaseAttrs`` to publish.
-3. ``activate(lease)``: program what depends on the node's own lease (device address, routes).
-   Called again when the daemon re-acquired a *different* subnet: it then replaces what
-   depended on the old lease (the old device address goes; udp stops its old datapath thread,
-   so there is always one).
-4. ``reconcile(peers, full)``: make the kernel match the peer set, idempotently; ``full`` observes
-   the kernel (start-up and drift pass) instead of trusting the last applied state.
-   ``apply_changes(changes, peers)`` between full passes: only the peers named by the lease
-   events since the last pass are planned (O(changes)).
-5. ``close()``: stop background work but leave the datapath in place, so pods keep talking while
-   the daemon restarts.
+1. ``Backend.validate_options(options)`` (class method, pure): check the ``Backend`` options of
+   the network config; used by the daemon and by ``flannelctl config set`` alike.
+2. ``Backend.prepare()``: create or reuse the fabric device (a VTEP MAC must exist before the
+   lease is written) and return the ``LeaseAttrs`` to publish.
+3. ``Backend.register_network(lease) -> Network``: program what depends on the node's own lease
+   (the device address; udp starts its datapath thread).
+4. ``Network.repair(leases)``: converge the kernel to every peer in ``leases`` (the accepted
+   leases of the cluster, own included: the network picks its peers with ``wanted``),
+   observing the kernel, so it also deletes stale entries and counts drift it repaired.  The
+   daemon runs it at start and then every drift interval, in a task of its own.
+   ``Network.apply(changes)``: between repairs, lease events; only the peers named are
+   planned, so an event costs O(1) whatever the number of peers.  ``apply`` may run while a
+   ``repair`` waits (between its steps): what ``apply`` decided for a peer wins over what the
+   repair had planned from its earlier snapshot.
+5. Exactly one ending per network:
+   - ``Network.retire()``: the daemon moved to another subnet.  The network removes what it put
+     in place for its lease (the old device address; udp stops its datapath thread), and the
+     daemon registers a new network for the new lease, whose first ``repair`` re-programs the
+     peers.  So there is always one datapath thread and one device address.
+   - ``Network.close()``: the daemon stops.  Background work stops; the datapath stays in place
+     so pods keep talking while the daemon restarts.
+6. ``Backend.close()``: after the network's ``close``: drop sockets (the device stays).
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flanneld.lease import Lease, LeaseAttrs
+from flanneld.logging_setup import log_event
 from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
 from flanneld.netconfig import NetworkConfig
 
@@ -114,27 +126,8 @@ class Backend(abc.ABC):
         """Create or reuse the fabric device; return the attributes to publish in the lease."""
 
     @abc.abstractmethod
-    async def activate(self, lease: Lease) -> None:
-        """Program what depends on the node's own lease."""
-
-    @abc.abstractmethod
-    async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
-        """Converge the datapath to ``peers`` (leases of other nodes this backend handles)."""
-
-    async def apply_changes(
-        self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
-    ) -> ReconcileResult:
-        """Apply lease events: the peers named in ``changes`` (a lease, or None when gone),
-        planning only their kernel objects, so one event costs O(1) whatever the number of
-        peers.  ``peers`` is every peer (after the changes; not to be kept).  The default is
-        an incremental ``reconcile`` over ``peers``."""
-        return await self.reconcile(peers, full=False)
-
-    def wanted(self, own: Lease, lease: Lease | None) -> Lease | None:
-        """``lease`` if this backend programs it as a peer of ``own``, else None."""
-        if lease is None or not self.handles(lease) or lease.subnet == own.subnet:
-            return None
-        return None if lease.attrs.public_ip == own.attrs.public_ip else lease
+    async def register_network(self, lease: Lease) -> Network:
+        """Program what depends on the node's own ``lease``; the network that serves it."""
 
     def forwarding_source(self) -> ForwardingSource:
         """Traffic counters for the metrics: by default the kernel's counters of the fabric
@@ -147,4 +140,49 @@ class Backend(abc.ABC):
         return self.ctx.ext.name
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Stop background work; leave the datapath in place."""
+        """Drop sockets and background work; leave the datapath in place."""
+
+
+class Network(abc.ABC):
+    """What a backend programs for one lease of this node (see the module docstring)."""
+
+    def __init__(self, backend: Backend, lease: Lease) -> None:
+        self.backend = backend
+        self.lease = lease
+
+    def wanted(self, lease: Lease | None) -> Lease | None:
+        """``lease`` if this network programs it as a peer, else None: a lease of a type the
+        backend handles, of another subnet and another PublicIP than ours."""
+        own = self.lease
+        if lease is None or not self.backend.handles(lease) or lease.subnet == own.subnet:
+            return None
+        return None if lease.attrs.public_ip == own.attrs.public_ip else lease
+
+    @property
+    @abc.abstractmethod
+    def peer_count(self) -> int:
+        """Peers programmed (or being programmed) now."""
+
+    @abc.abstractmethod
+    async def apply(self, changes: Mapping[IPv4Network, Lease | None]) -> ReconcileResult:
+        """Lease events: for each subnet named, its lease now (None: gone)."""
+
+    @abc.abstractmethod
+    async def repair(self, leases: Mapping[IPv4Network, Lease]) -> ReconcileResult:
+        """Observe the kernel and converge it to the peers among ``leases``."""
+
+    async def retire(self) -> None:  # noqa: B027 - optional hook
+        """The node left this lease: remove what was put in place for it."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """The daemon stops: stop background work, leave the datapath."""
+
+
+def log_peer_change(log: logging.Logger, old: Lease | None, new: Lease | None) -> None:
+    """One line per peer added, changed or removed (nothing for a mere renewal)."""
+    if new is None:
+        if old is not None:
+            log_event(log, "peer removed", subnet=old.subnet, public_ip=old.attrs.public_ip)
+    elif old is None or old.attrs != new.attrs:
+        log_event(log, "peer changed" if old else "peer added", subnet=new.subnet,
+                  public_ip=new.attrs.public_ip)

@@ -4,7 +4,7 @@ and an onlink route, exactly as Go flannel programs them, so Go and Python nodes
 Why and history: flannel's vxlan backend once relied on l2miss/l3miss netlink events and a
 userspace ARP responder; since v0.9 it writes the three entries per peer up front and runs the
 device with learning off.  We do the same, but as a pure plan against observed kernel state
-(see ``routing.diff``), so the start-up pass also removes entries of peers whose leases are
+(see ``planner.diff``), so the start-up pass also removes entries of peers whose leases are
 gone, and a periodic drift pass repairs what someone deleted by hand, including the device
 itself, which comes back with the same VTEP MAC (kept in memory) so peers' fdb entries stay right.
 
@@ -27,23 +27,16 @@ from ipaddress import IPv4Address, IPv4Network
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from flanneld.backends.base import Backend, BackendContext, ReconcileResult
-from flanneld.backends.routing import (
-    AppliedState,
-    PeerMemo,
-    count_repaired,
-    diff,
-    peer_sort_key,
-    plan_changed,
-    route_owned_in,
-    summarize,
-)
+from flanneld.backends.base import Backend, BackendContext
+from flanneld.backends.kernel_network import KernelNetwork
+from flanneld.backends.planner import diff, peer_sort_key, route_owned_in
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netlink import KernelError, Netlink
 from flanneld.netops import (
     Address,
     CreateVxlan,
+    Delete,
     DeleteLink,
     FdbEntry,
     KernelObject,
@@ -233,7 +226,7 @@ def owned_by_vxlan(
     stale), and via a gateway on the external interface routes of lease-sized subnets of the
     Network (DirectRouting / an earlier host-gw run) or of a refused lease (``disowned``);
     permanent neighbours and fdb entries on the vxlan device."""
-    route_owned = route_owned_in(network, own.subnet.prefixlen, own.subnet, {ext_index})
+    route_owned = route_owned_in(network, own.subnet.prefixlen, {ext_index})
 
     def owned(obj: KernelObject) -> bool:
         if isinstance(obj, Route):
@@ -269,7 +262,9 @@ def plan_peers(
 
 
 class VXLANBackend(Backend):
-    """vxlan over the kernel VTEP; ``netlink`` lets tests and the bench run in a namespace."""
+    """vxlan over the kernel VTEP; ``netlink`` lets tests and the bench run in a namespace.
+    The backend owns the device (and so the VTEP MAC, kept across device re-creation); each
+    ``VxlanNetwork`` owns the device address of its lease and the peers' entries."""
 
     type_name: ClassVar[str] = "vxlan"
     peer_types: ClassVar[frozenset[str]] = frozenset({"vxlan"})
@@ -277,16 +272,11 @@ class VXLANBackend(Backend):
     def __init__(self, ctx: BackendContext, netlink: Netlink | None = None) -> None:
         super().__init__(ctx)
         self.options = parse_options(ctx.netconf.backend.options)
-        self._netlink = netlink if netlink is not None else Netlink()
+        self.netlink = netlink if netlink is not None else Netlink()
         self._owns_netlink = netlink is None
         self.vtep_mac: str | None = None
         self.device_index = 0
-        self._own: Lease | None = None
-        self._applied = AppliedState()
-        self._on_link: dict[IPv4Address, bool] = {}
-        self._specs: dict[int, PeerSpec] = {}
-        self._parsed: PeerMemo[VxlanPeer] = PeerMemo()
-        self._lock = asyncio.Lock()
+        self._device_lock = asyncio.Lock()
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
@@ -301,23 +291,23 @@ class VXLANBackend(Backend):
             underlay_ifindex=self.ctx.ext.index, port=self.options.port, mac=mac,
             mtu=self.mtu(), learning=self.options.learning, gbp=self.options.gbp)
 
-    async def _ensure_device(self) -> tuple[int, bool]:
+    async def ensure_device(self) -> tuple[int, bool]:
         """(ops applied, device index changed); raises KernelError when it cannot be made."""
-        name = self.options.device_name
-        observed = await self._netlink.link(name)
-        self.vtep_mac = choose_mac(self.vtep_mac, observed)
-        ops = plan_device(self._want_link(self.vtep_mac), observed)
-        _raise_failed(await self._netlink.apply(ops), f"vxlan device {name}")
-        current = await self._netlink.link(name)
-        if current is None:
-            raise KernelError(f"vxlan device {name} vanished right after it was set up")
-        changed = current.index != self.device_index
-        self.device_index = current.index
-        return len(ops), changed
+        async with self._device_lock:
+            name = self.options.device_name
+            observed = await self.netlink.link(name)
+            self.vtep_mac = choose_mac(self.vtep_mac, observed)
+            ops = plan_device(self._want_link(self.vtep_mac), observed)
+            _raise_failed(await self.netlink.apply(ops), f"vxlan device {name}")
+            current = await self.netlink.link(name)
+            if current is None:
+                raise KernelError(f"vxlan device {name} vanished right after it was set up")
+            changed = current.index != self.device_index
+            self.device_index = current.index
+            return len(ops), changed
 
     async def prepare(self) -> LeaseAttrs:
-        async with self._lock:
-            await self._ensure_device()
+        await self.ensure_device()
         assert self.vtep_mac is not None
         return LeaseAttrs(
             public_ip=self.ctx.ext.public_ip,
@@ -325,100 +315,10 @@ class VXLANBackend(Backend):
             backend_data=make_backend_data({"VNI": self.options.vni, "VtepMAC": self.vtep_mac}),
         )
 
-    async def activate(self, lease: Lease) -> None:
-        async with self._lock:
-            self._own = lease
-            observed = await self._netlink.addresses(self.device_index)
-            ops = plan_address(lease, self.device_index, observed)
-            _raise_failed(await self._netlink.apply(ops), f"address of {self.options.device_name}")
-
-    async def _refresh_on_link(self, peers: Sequence[VxlanPeer], all_peers: bool) -> None:
-        if not self.options.direct_routing:
-            return
-        ips = sorted({p.public_ip for p in peers if all_peers or p.public_ip not in self._on_link})
-        routes = await self._netlink.route_get(ips)
-        for ip, route in zip(ips, routes, strict=True):
-            self._on_link[ip] = route is not None and route.gateway is None
-        if all_peers:
-            wanted = {p.public_ip for p in peers}
-            self._on_link = {ip: v for ip, v in self._on_link.items() if ip in wanted}
-
-    def _peers(self, peers: Mapping[IPv4Network, Lease], own: Lease) -> list[VxlanPeer]:
-        """Peer VTEPs from leases; parsed once per lease object (see PeerMemo)."""
-        return self._parsed.derive(peers, own, self.handles, vxlan_peer)
-
-    async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
-        if self._own is None:
-            raise RuntimeError("reconcile before activate")
-        own = self._own
-        async with self._lock:
-            vpeers = self._peers(peers, own)
-            repaired = 0
-            recreated = False
-            outcomes: list[Outcome] = []
-            if full:
-                device_ops, recreated = await self._ensure_device()
-                repaired += device_ops
-                if recreated:
-                    self._applied.reset(())
-                    self._specs = {}
-                addr_ops = plan_address(own, self.device_index,
-                                        await self._netlink.addresses(self.device_index))
-                outcomes += await self._netlink.apply(addr_ops)
-                repaired += len(addr_ops)
-            await self._refresh_on_link(vpeers, all_peers=full)
-            specs = peer_specs(vpeers, self.device_index, self.ctx.ext.index,
-                               self.options.direct_routing, self._on_link, self._specs)
-            if full:
-                observed = await self._observe()
-                desired = [obj for spec in specs.values() for obj in peer_objects(spec)]
-                ops = diff(desired, observed, owned_by_vxlan(
-                    own, self.device_index, self.ctx.ext.index, self.ctx.netconf.network,
-                    self.disowned))
-                repaired += len(ops) if recreated else count_repaired(ops,
-                                                                      self._applied.objects)
-                # diff() decides ownership; keeping only these two devices bounds memory
-                self._applied.reset(o for o in observed
-                                    if o.ifindex in (self.device_index, self.ctx.ext.index))
-            else:
-                ops = plan_changed(self._specs, specs, peer_objects, self._applied.objects)
-            self._specs = specs
-            peer_outcomes = await self._netlink.apply(ops)
-            self._applied.record(peer_outcomes)
-            outcomes += peer_outcomes
-        return summarize(outcomes, repaired, log)
-
-    async def apply_changes(
-        self, changes: Mapping[IPv4Network, Lease | None], peers: Mapping[IPv4Network, Lease]
-    ) -> ReconcileResult:
-        """Plan only the peers the events name: O(changes), whatever the number of peers."""
-        if self._own is None:
-            raise RuntimeError("reconcile before activate")
-        own = self._own
-        async with self._lock:
-            parsed: dict[int, VxlanPeer | None] = {}
-            for subnet, lease in changes.items():
-                peer = self.wanted(own, lease)
-                parsed[peer_sort_key(subnet)] = vxlan_peer(peer) if peer is not None else None
-            fresh = [p for p in parsed.values() if p is not None]
-            await self._refresh_on_link(fresh, all_peers=False)
-            old: dict[int, PeerSpec] = {}
-            for key in parsed:
-                if (before := self._specs.pop(key, None)) is not None:
-                    old[key] = before
-            new = peer_specs(fresh, self.device_index, self.ctx.ext.index,
-                             self.options.direct_routing, self._on_link, old)
-            self._specs.update(new)
-            ops = plan_changed(old, new, peer_objects, self._applied.objects)
-            outcomes = await self._netlink.apply(ops)
-            self._applied.record(outcomes)
-        return summarize(outcomes, 0, log)
-
-    async def _observe(self) -> list[KernelObject]:
-        routes = await self._netlink.routes()
-        neigh = await self._netlink.neighbours(self.device_index)
-        fdb = await self._netlink.fdb(self.device_index)
-        return [*routes, *neigh, *fdb]
+    async def register_network(self, lease: Lease) -> VxlanNetwork:
+        network = VxlanNetwork(self, lease)
+        await network.set_address()
+        return network
 
     def device_name(self) -> str:
         return self.options.device_name
@@ -426,7 +326,86 @@ class VXLANBackend(Backend):
     async def close(self) -> None:
         """Leave the device and every entry in place; only drop our netlink sockets."""
         if self._owns_netlink:
-            await self._netlink.close()
+            await self.netlink.close()
+
+
+class VxlanNetwork(KernelNetwork[PeerSpec]):
+    """One lease's vxlan network: ``<subnet .0>/32`` on the device, three entries per peer
+    (or one direct route with DirectRouting)."""
+
+    def __init__(self, backend: VXLANBackend, lease: Lease) -> None:
+        super().__init__(backend, lease, backend.netlink, log)
+        self.vxlan = backend
+        self._on_link: dict[IPv4Address, bool] = {}
+        self._owns = self._ownership()
+
+    def _ownership(self) -> Callable[[KernelObject], bool]:
+        vx = self.vxlan
+        return owned_by_vxlan(self.lease, vx.device_index, vx.ctx.ext.index,
+                              vx.ctx.netconf.network, vx.disowned)
+
+    async def set_address(self) -> int:
+        """The lease's address on the device, and no other; returns the ops it took."""
+        vx = self.vxlan
+        ops = plan_address(self.lease, vx.device_index, await self.netlink.addresses(vx.device_index))
+        _raise_failed(await self.netlink.apply(ops), f"address of {vx.options.device_name}")
+        return len(ops)
+
+    async def retire(self) -> None:
+        """The node moved to another subnet: its address goes (the next network's repair
+        re-plans every peer against the kernel)."""
+        vx = self.vxlan
+        await self.netlink.apply(
+            [Delete(Address(vx.device_index, self.lease.subnet.network_address, 32))])
+
+    async def before_repair(self) -> tuple[int, bool]:
+        device_ops, recreated = await self.vxlan.ensure_device()
+        address_ops = await self.set_address()
+        self._owns = self._ownership()  # the device index, the refused leases may have moved
+        if recreated:
+            self._on_link = {}
+        return device_ops + address_ops, recreated
+
+    async def prefetch(self, leases: Sequence[Lease], full: bool) -> None:
+        """DirectRouting: whether each PublicIP is on-link (``ip route get``, no gateway)."""
+        if not self.vxlan.options.direct_routing:
+            return
+        ips = sorted({p.attrs.public_ip for p in leases
+                      if full or p.attrs.public_ip not in self._on_link})
+        routes = await self.netlink.route_get(ips)
+        for ip, route in zip(ips, routes, strict=True):
+            self._on_link[ip] = route is not None and route.gateway is None
+        if full:
+            wanted = {p.attrs.public_ip for p in leases}
+            self._on_link = {ip: v for ip, v in self._on_link.items() if ip in wanted}
+
+    def peer_spec(self, lease: Lease, previous: PeerSpec | None) -> PeerSpec | None:
+        vx = self.vxlan
+        peer = previous.peer if previous is not None else vxlan_peer(lease)
+        if peer is None:
+            return None
+        direct = vx.options.direct_routing and self._on_link.get(peer.public_ip, False)
+        if (previous is not None and previous.direct == direct
+                and previous.device_index == vx.device_index
+                and previous.ext_index == vx.ctx.ext.index):
+            return previous
+        return PeerSpec(peer, vx.device_index, vx.ctx.ext.index, direct)
+
+    def peer_objects(self, spec: PeerSpec) -> tuple[KernelObject, ...]:
+        return peer_objects(spec)
+
+    def owns(self, obj: KernelObject) -> bool:
+        return self._owns(obj)
+
+    async def observe(self) -> list[KernelObject]:
+        """Main-table routes on the device and the external interface, the device's
+        neighbours and fdb entries."""
+        vx = self.vxlan
+        ifindexes = (vx.device_index, vx.ctx.ext.index)
+        routes = [r for r in await self.netlink.routes() if r.ifindex in ifindexes]
+        neigh = await self.netlink.neighbours(vx.device_index)
+        fdb = await self.netlink.fdb(vx.device_index)
+        return [*routes, *neigh, *fdb]
 
 
 def _raise_failed(outcomes: Sequence[Outcome], what: str) -> None:

@@ -3,9 +3,11 @@
 Tasks (each named, each kept by the daemon so none is garbage-collected mid-flight):
 - lease keeper: renews at expiry minus the margin; on loss re-acquires (same subnet if free)
   and never exits (Go flanneld exits 0 here, which Restart=on-failure never restarts);
-- watcher: etcd events -> the peer map, then wakes the reconciler;
-- reconciler: the only caller of ``backend.reconcile``; incremental on every wake-up, full
-  (drift repair) every ``--drift-interval``;
+- watcher: etcd events -> the lease book -> pending changes, then wakes the reconciler;
+- reconciler: the only caller of the backend's network: ``apply(changes)`` on every wake-up,
+  ``repair(leases)`` (the full pass: start-up, drift repair) every ``--drift-interval`` in a
+  task of its own, so that events go first; on a move to another subnet it retires the
+  network and registers a new one;
 - health listener, systemd watchdog, masquerade rules.
 Shutdown leaves the datapath in place so pods keep talking while the daemon restarts.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from flanneld import __version__
 from flanneld.atomic import check_writable_path
 from flanneld.backends import backend_class
-from flanneld.backends.base import Backend, BackendContext, ExternalInterface
+from flanneld.backends.base import Backend, BackendContext, ExternalInterface, Network
 from flanneld.backoff import retry
 from flanneld.config import DaemonConfig
 from flanneld.config_watch import ConfigWatcher
@@ -47,7 +49,6 @@ from flanneld.logging_setup import log_event
 from flanneld.masq import MasqConfig, MasqError, MasqRules, make_masq_rules
 from flanneld.metrics import Metrics, subnet_pool_usage
 from flanneld.netconfig import NetworkConfig
-from flanneld.netops import Outcome
 from flanneld.rejection_log import RejectionLog
 from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
 from flanneld.store import LeaseStore
@@ -101,9 +102,10 @@ class Daemon:
         self.attrs: LeaseAttrs | None = None
         self.netconf: NetworkConfig | None = None
         self.backend: Backend | None = None
-        self.peers: dict[IPv4Network, Lease] = {}
-        # Peers changed since the last reconcile pass (None: gone), for Backend.apply_changes.
+        self.network: Network | None = None  # the backend's network for our lease
+        # Leases changed since the last pass (None: gone), for Network.apply.
         self._changes: dict[IPv4Network, Lease | None] = {}
+        self._next_full = 0.0  # when the next repair (full pass) is due
         self._dirty = asyncio.Event()
         self._files_pending = asyncio.Event()  # a state file still has to be (re)written
         self._file_error: str | None = None
@@ -122,15 +124,23 @@ class Daemon:
         return self.keeper.lease if self.keeper is not None else None
 
     async def _lease_moved(self, new: Lease, old: Lease) -> None:
-        """The lease keeper re-acquired another subnet: reprogram what depends on it."""
-        assert self.backend is not None
+        """The lease keeper re-acquired another subnet: reprogram what depends on it (the
+        reconciler moves the network: see ``_move_network``)."""
         self._publish_lease_info(new)
-        if self.peers.pop(new.subnet, None) is not None:
-            self._changes[new.subnet] = None  # now ours: no longer a peer
-        await self.backend.activate(new)
         await self._program_masq()
         self._write_files()
         self._dirty.set()
+
+    async def _move_network(self, lease: Lease) -> None:
+        """Retire the old lease's network, register one for ``lease``; its repair is due."""
+        assert self.backend is not None and self.network is not None
+        old = self.network
+        log_event(log, "moving the network", old=old.lease.subnet, new=lease.subnet)
+        await old.retire()
+        backend = self.backend
+        self.network = await self._retry(f"programming the lease {lease.subnet}",
+                                         lambda: backend.register_network(lease))
+        self._next_full = 0.0
 
     def _publish_lease_info(self, lease: Lease) -> None:
         assert self.netconf is not None
@@ -328,7 +338,7 @@ class Daemon:
                   public_ip=ext.public_ip, mtu=ext.mtu, backend=btype)
         from flanneld.netlink import Netlink
 
-        self.netlink = Netlink(on_outcomes=self._count_netlink)
+        self.netlink = Netlink(on_outcomes=self.metrics.netlink_outcomes)
         self.backend = backend_class(btype)(BackendContext(ext, self.netconf), netlink=self.netlink)
         self.attrs = await self.backend.prepare()
         self.notifier.status("acquiring a subnet lease")
@@ -344,7 +354,7 @@ class Daemon:
         assert self.lease is not None
         self._publish_lease_info(self.lease)
         self.readiness.set_lease_held(True)
-        await self.backend.activate(self.lease)
+        self.network = await self.backend.register_network(self.lease)
         self.metrics.add_forwarding_source(self.backend.forwarding_source())
         await self._program_masq()
         self._write_files()
@@ -352,13 +362,15 @@ class Daemon:
         snap = await self._retry("listing leases", self.manager.list_snapshot)
         self.book.load(snap.kvs, snap.revision)
         self._book_changed()
-        self._set_peers(list(self.book.accepted.values()))
+        self.backend.disowned = self.book.disowned_routes()
         with self.metrics.reconcile("full"):
-            result = await self.backend.reconcile(dict(self.peers), full=True)
-        log_event(log, "datapath programmed", peers=len(self.peers), ops=result.applied,
+            result = await self.network.repair(self.book.accepted)
+        peers = self.network.peer_count
+        self.metrics.set_peers(peers)
+        log_event(log, "datapath programmed", peers=peers, ops=result.applied,
                   failed=result.failed)
         self.readiness.set_backend_programmed(True)
-        self.notifier.status(f"serving subnet {self.lease.subnet} with {len(self.peers)} peers")
+        self.notifier.status(f"serving subnet {self.lease.subnet} with {peers} peers")
         self.watcher = LeaseWatcher(self.manager, (), snap.revision, book=self.book,
                                     on_reset=self.metrics.watch_reset, on_batch=self._book_changed)
 
@@ -394,24 +406,6 @@ class Daemon:
             self.rejections.flush()
             self._pool_usage()
 
-    _RESULT_LABELS = {"ok": "ok", "already_present": "exists", "already_gone": "missing",
-                      "failed": "error"}
-
-    def _count_netlink(self, outcomes: Sequence[Outcome]) -> None:
-        """Netlink outcomes as metric labels: kind route|neigh|fdb|address|link, result."""
-        self.metrics.netlink_ops(
-            (o.kind.split("_")[0].replace("addr", "address"), self._RESULT_LABELS.get(o.result, "error"))
-            for o in outcomes
-        )
-
-    def _set_peers(self, leases: list[Lease]) -> None:
-        assert self.lease is not None and self.backend is not None
-        own = self.lease.subnet
-        self.peers = {
-            lease.subnet: lease for lease in leases if lease.subnet != own and self.backend.handles(lease)
-        }
-        self.metrics.set_peers(len(self.peers))
-
     # -- tasks ---------------------------------------------------------------------------
 
     async def _watch(self) -> None:
@@ -433,7 +427,9 @@ class Daemon:
                 self._handle_lease_events(events)
 
     def _handle_lease_events(self, batch: Sequence[LeaseEvent]) -> None:
-        assert self.lease is not None and self.backend is not None
+        """Our own key: defended.  Every other lease: a pending change for the network,
+        which decides whether it is a peer (and logs peers added, changed, removed)."""
+        assert self.lease is not None
         for event in batch:
             lease = event.lease
             if lease.subnet == self.lease.subnet:
@@ -441,54 +437,73 @@ class Daemon:
                     assert self.keeper is not None
                     self.keeper.trouble()  # deleted, rejected or rewritten: defend it
                 continue
-            if event.kind is LeaseEventKind.REMOVED or not self.backend.handles(lease):
-                if self.peers.pop(lease.subnet, None) is not None:
-                    self._changes[lease.subnet] = None
-                    log_event(log, "peer removed", subnet=lease.subnet, public_ip=lease.attrs.public_ip)
-            else:
-                known = self.peers.get(lease.subnet)
-                if known is None or known.attrs != lease.attrs:  # not for a mere renewal
-                    log_event(log, "peer changed" if known else "peer added", subnet=lease.subnet,
-                              public_ip=lease.attrs.public_ip)
-                self.peers[lease.subnet] = lease
-                self._changes[lease.subnet] = lease
-        self.metrics.set_peers(len(self.peers))
+            self._changes[lease.subnet] = None if event.kind is LeaseEventKind.REMOVED else lease
         self._dirty.set()
 
     async def _reconcile_loop(self) -> None:
-        assert self.backend is not None
-        interval = self.config.drift_interval
-        next_full = time.monotonic() + interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), max(0.0, next_full - time.monotonic()))
-            full = time.monotonic() >= next_full
-            self._dirty.clear()
-            kind = "full" if full else "incremental"
-            if full and self.book is not None:
-                self.backend.disowned = self.book.disowned_routes()
-            # Events since the last pass: only their peers are planned (O(changes), not
-            # O(peers)); a full pass converges everything, so it takes them all.
-            changes, self._changes = self._changes, {}
-            try:
-                with self.metrics.reconcile(kind):
-                    if full:
-                        result = await self.backend.reconcile(dict(self.peers), full=True)
-                    else:
-                        result = await self.backend.apply_changes(changes, self.peers)
-            except (FlannelError, OSError) as exc:
-                log.error("reconcile (%s) failed: %s", kind, exc)
-                for subnet, lease in changes.items():  # retried, unless newer news came
-                    self._changes.setdefault(subnet, lease)
-                self._dirty.set()
-                await asyncio.sleep(1.0)
-                continue
+        """Apply pending changes on every wake-up; start a repair when one is due (it runs in
+        its own task, so the changes that arrive meanwhile are applied at once)."""
+        self._next_full = time.monotonic() + self.config.drift_interval
+        repair: asyncio.Task[None] | None = None
+        try:
+            while True:
+                timeout = None if repair is not None else max(0.0, self._next_full - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), timeout)
+                self._dirty.clear()
+                if repair is not None and repair.done():
+                    repair = None
+                lease = self.lease
+                assert self.network is not None and lease is not None
+                if lease.subnet != self.network.lease.subnet:
+                    if repair is not None:
+                        await repair
+                        repair = None
+                    await self._move_network(lease)
+                if repair is None and time.monotonic() >= self._next_full:
+                    repair = asyncio.create_task(self._repair(self.network), name="repair")
+                if self._changes:
+                    await self._apply_changes(self.network)
+        finally:
+            if repair is not None:
+                repair.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await repair
+
+    async def _apply_changes(self, network: Network) -> None:
+        # Only the peers named are planned: O(changes), not O(peers).
+        changes, self._changes = self._changes, {}
+        try:
+            with self.metrics.reconcile("incremental"):
+                await network.apply(changes)
+        except (FlannelError, OSError) as exc:
+            log.error("applying %d lease changes failed: %s; retrying in 1s", len(changes), exc)
+            for subnet, lease in changes.items():  # retried, unless newer news came
+                self._changes.setdefault(subnet, lease)
+            await asyncio.sleep(1.0)
+            self._dirty.set()
+        self.metrics.set_peers(network.peer_count)
+
+    async def _repair(self, network: Network) -> None:
+        """The full pass: every accepted lease, the kernel observed; drift counted.  When it
+        ends (or fails: retried in 1s) the next one is scheduled and the reconciler woken."""
+        assert self.backend is not None and self.book is not None
+        self.backend.disowned = self.book.disowned_routes()
+        retry_in = self.config.drift_interval
+        try:
+            with self.metrics.reconcile("full"):
+                result = await network.repair(self.book.accepted)
+        except (FlannelError, OSError) as exc:
+            log.error("reconcile (full) failed: %s", exc)
+            retry_in = 1.0
+        else:
             if result.repaired:
                 self.metrics.drift_repaired(result.repaired)
                 log_event(log, "drift repaired: kernel objects were missing or wrong",
                           level=logging.WARNING, repaired=result.repaired)
-            if full:
-                next_full = time.monotonic() + interval
+            self.metrics.set_peers(network.peer_count)
+        self._next_full = time.monotonic() + retry_in
+        self._dirty.set()
 
     # -- run -----------------------------------------------------------------------------
 
@@ -546,6 +561,8 @@ class Daemon:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.network is not None:
+                await self.network.close()
             if self.backend is not None:
                 await self.backend.close()
             netlink = getattr(self, "netlink", None)

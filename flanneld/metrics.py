@@ -49,6 +49,7 @@ from flanneld.store import STORE_OPS
 
 if TYPE_CHECKING:
     from flanneld.netconfig import NetworkConfig
+    from flanneld.netops import Outcome
 
 # The ``*_created`` gauges double the exposition size and no dashboard of ours reads them.
 # (A process-wide switch of prometheus-client; this module owns the daemon's metrics.)
@@ -63,6 +64,18 @@ WATCH_RESET_REASONS = frozenset({"compaction", "reconnect"})
 RECONCILE_KINDS = frozenset({"full", "incremental"})
 NETLINK_KINDS = frozenset({"route", "neigh", "fdb", "link", "address", "masq_rules"})
 NETLINK_RESULTS = frozenset({"ok", "exists", "missing", "error"})
+# Outcome results of flanneld.netops as NETLINK_RESULTS values.
+_NETLINK_RESULT_LABELS = {"ok": "ok", "already_present": "exists", "already_gone": "missing",
+                          "failed": "error"}
+
+
+def netlink_labels(op_kind: str, result: str) -> tuple[str, str]:
+    """(kind, result) labels of an outcome: ``route_replace`` -> route, ``addr_delete`` ->
+    address, ``link_create`` -> link; ``already_present`` -> exists, ..."""
+    kind = op_kind.split("_")[0]
+    return ("address" if kind == "addr" else kind), _NETLINK_RESULT_LABELS.get(result, "error")
+
+
 DRIFT_KINDS = frozenset({"route", "neigh", "fdb", "link", "address", "masq_rules"})
 DROP_REASONS = frozenset(
     {
@@ -482,6 +495,10 @@ class Metrics:
             yield
         finally:
             self._reconcile.labels(_bounded(kind, RECONCILE_KINDS)).observe(time.perf_counter() - start)
+
+    def netlink_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        """Count applied netlink operations by kind and result (``netlink_labels``)."""
+        self.netlink_ops(netlink_labels(o.kind, o.result) for o in outcomes)
 
     def netlink_ops(self, outcomes: Iterable[tuple[str, str]]) -> None:
         """Count netlink operations, given as ``(kind, result)`` pairs.

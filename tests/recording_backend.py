@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from ipaddress import IPv4Network
 
-from flanneld.backends.base import Backend, ReconcileResult
+from flanneld.backends.base import Backend, Network, ReconcileResult
 from flanneld.lease import Lease, LeaseAttrs
 
+# ("prepare", None), ("register", subnet), ("retire", subnet), ("close", subnet),
+# ("repair", sorted peer subnets), ("apply", sorted peer subnets after the changes)
 CALLS: list[tuple[str, object]] = []
 
 
@@ -23,9 +25,42 @@ class RecordingBackend(Backend):
         CALLS.append(("prepare", None))
         return LeaseAttrs(self.ctx.ext.public_ip, "recording")
 
-    async def activate(self, lease: Lease) -> None:
-        CALLS.append(("activate", lease.subnet))
+    async def register_network(self, lease: Lease) -> RecordingNetwork:
+        CALLS.append(("register", lease.subnet))
+        return RecordingNetwork(self, lease)
 
-    async def reconcile(self, peers: Mapping[IPv4Network, Lease], full: bool) -> ReconcileResult:
-        CALLS.append(("reconcile", (full, sorted(str(s) for s in peers))))
-        return ReconcileResult(applied=len(peers))
+
+class RecordingNetwork(Network):
+    """Keeps the peer set as a real network would (through ``wanted``)."""
+
+    def __init__(self, backend: Backend, lease: Lease) -> None:
+        super().__init__(backend, lease)
+        self.peers: dict[IPv4Network, Lease] = {}
+
+    @property
+    def peer_count(self) -> int:
+        return len(self.peers)
+
+    def _names(self) -> list[str]:
+        return sorted(str(s) for s in self.peers)
+
+    async def apply(self, changes: Mapping[IPv4Network, Lease | None]) -> ReconcileResult:
+        for subnet, lease in changes.items():
+            peer = self.wanted(lease)
+            if peer is None:
+                self.peers.pop(subnet, None)
+            else:
+                self.peers[subnet] = peer
+        CALLS.append(("apply", self._names()))
+        return ReconcileResult(applied=len(changes))
+
+    async def repair(self, leases: Mapping[IPv4Network, Lease]) -> ReconcileResult:
+        self.peers = {s: p for s, lease in leases.items() if (p := self.wanted(lease)) is not None}
+        CALLS.append(("repair", self._names()))
+        return ReconcileResult(applied=len(self.peers))
+
+    async def retire(self) -> None:
+        CALLS.append(("retire", self.lease.subnet))
+
+    async def close(self) -> None:
+        CALLS.append(("close", self.lease.subnet))

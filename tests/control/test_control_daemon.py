@@ -121,9 +121,9 @@ async def test_lease_files_readiness_peers_renewal_and_loss(
                         LeaseAttrs(IPv4Address("198.18.0.9"), "recording").to_json().encode())
         await admin.put(prefix + "10.9.201.0-24",
                         LeaseAttrs(IPv4Address("198.18.0.10"), "vxlan").to_json().encode())
-        await until(lambda: ("reconcile", (False, ["10.9.200.0/24"])) in recording_backend.CALLS)
+        await until(lambda: ("apply", ["10.9.200.0/24"]) in recording_backend.CALLS)
         await admin.delete(prefix + "10.9.200.0-24")
-        await until(lambda: recording_backend.CALLS[-1] == ("reconcile", (False, [])))
+        await until(lambda: recording_backend.CALLS[-1] == ("apply", []))
 
         # Renewal before expiry (TTL 8 s, renewed at half of it): the key outlives its first lease.
         first_id = lease.etcd_lease_id
@@ -210,10 +210,10 @@ async def test_hostile_keys_never_reach_the_backend_and_our_lease_is_reasserted(
         for i in range(300):
             await admin.put(prefix + f"junk-{i}", b"\x00" * 100)
         await admin.put(prefix + good.replace("/", "-"), rec("198.18.0.70"))  # one good peer
-        await until(lambda: ("reconcile", (False, [good])) in recording_backend.CALLS)
+        await until(lambda: ("apply", [good]) in recording_backend.CALLS)
         for call, arg in recording_backend.CALLS:
-            if call == "reconcile":
-                assert isinstance(arg, tuple) and set(arg[1]) <= {good}, arg
+            if call in ("apply", "repair"):
+                assert isinstance(arg, list) and set(arg) <= {good}, arg
         assert metric(daemon, 'flannel_leases_rejected{reason="outside_network"}') == 1
         assert metric(daemon, 'flannel_leases_rejected{reason="wrong_prefix_length"}') == 2
         assert metric(daemon, 'flannel_leases_rejected{reason="bad_public_ip"}') == 4
@@ -313,3 +313,49 @@ async def test_an_interface_that_never_appears_ends_start_up_non_zero(
     assert "nosuch0" in messages[gave_up]
     assert messages.index("flanneld stopped") > gave_up  # the error first, then "stopped"
     assert daemon.lease is None  # nothing was taken
+
+
+async def test_moved_to_another_subnet_retires_the_network_and_registers_one(
+    running: Running, etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Our etcd lease revoked and our subnet taken before we could re-create it: the keeper
+    re-acquires another subnet, and the daemon retires the old network, registers one for
+    the new lease and repairs it, with the squatter (on our old subnet) as a peer."""
+    daemon = running.daemon
+    await until(lambda: daemon.readiness.ready)
+    assert daemon.lease is not None and daemon.keeper is not None and daemon.network is not None
+    old = daemon.lease
+    first_network = daemon.network
+    prefix = subnets_prefix(etcd_prefix)
+    # Hold the keeper's reaction back until the squatter holds our key (same loop: no race).
+    gate = asyncio.Event()
+    real_trouble = daemon.keeper.trouble
+    tasks: list[asyncio.Task[None]] = []
+
+    async def later() -> None:
+        await gate.wait()
+        real_trouble()
+
+    daemon.keeper.trouble = lambda: tasks.append(asyncio.create_task(later()))  # type: ignore[method-assign]
+    admin = EtcdStore(parse_endpoints(etcd_server.endpoint))
+    try:
+        mark = len(recording_backend.CALLS)
+        await admin.revoke(old.etcd_lease_id)
+        squatter = LeaseAttrs(IPv4Address("198.18.0.77"), "recording").to_json().encode()
+        await admin.put(prefix + f"{old.subnet.network_address}-24", squatter)
+        gate.set()
+        await until(lambda: daemon.network is not first_network and daemon.readiness.ready, 15)
+        new = daemon.lease
+        assert new is not None and new.subnet != old.subnet
+        assert daemon.network.lease is new
+        calls = recording_backend.CALLS[mark:]
+        retire, register = calls.index(("retire", old.subnet)), calls.index(("register", new.subnet))
+        assert retire < register
+        await until(lambda: ("repair", [str(old.subnet)]) in recording_backend.CALLS[mark:])
+        assert daemon.network.peer_count == 1
+        env = parse_subnet_env((tmp_path / "subnet.env").read_text())
+        assert env["FLANNEL_SUBNET"] == f"{new.subnet.network_address + 1}/24"
+    finally:
+        await admin.close()
+        for task in tasks:
+            task.cancel()

@@ -46,8 +46,8 @@ async def until(predicate: Callable[[], bool], timeout: float) -> float:
 
 
 def peers_seen() -> set[str]:
-    calls = [args for name, args in recording_backend.CALLS if name == "reconcile"]
-    return set(calls[-1][1]) if calls else set()
+    calls = [args for name, args in recording_backend.CALLS if name in ("apply", "repair")]
+    return set(calls[-1]) if calls else set()
 
 
 def has_peer(subnet: str) -> Callable[[], bool]:
@@ -133,7 +133,7 @@ async def test_leader_loss_failover_and_quorum_loss(
         await until(lambda: any("QUORUM LOST" in r.getMessage() for r in caplog.records), 40)
         figures.append(f"quorum loss reported after {time.monotonic() - t0:.2f}s")
         assert peers_seen() == before  # nothing removed from the datapath
-        assert not any(name == "reconcile" and set(args[1]) != before
+        assert not any(name in ("apply", "repair") and set(args) != before
                        for name, args in recording_backend.CALLS[mark:])
         assert not task.done()
 

@@ -7,9 +7,12 @@ from ipaddress import IPv4Network as N
 
 import pytest
 
+from flanneld.backends.base import BackendContext, ExternalInterface
 from flanneld.backends.hostgw import plan_routes
-from flanneld.backends.routing import AppliedState, count_repaired, peer_leases, plan_changed
+from flanneld.backends.planner import AppliedState, count_repaired, plan_changed
 from flanneld.backends.vxlan import (
+    VXLANBackend,
+    VxlanNetwork,
     VxlanPeer,
     choose_mac,
     parse_options,
@@ -23,6 +26,8 @@ from flanneld.backends.vxlan import (
 )
 from flanneld.errors import NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
+from flanneld.netconfig import network_config_from_dict
+from flanneld.netlink import Netlink
 from flanneld.netops import (
     Address,
     CreateVxlan,
@@ -130,13 +135,14 @@ def test_stale_cleanup_touches_only_our_entries() -> None:
         Route(N("0.0.0.0/0"), EXT, A("198.18.0.254")),  # default route
         Route(N("198.18.0.0/24"), EXT),  # underlay
         Route(N("10.244.1.0/24"), 9),  # own subnet on cni0
-        Route(N("10.244.1.0/24"), EXT, A("198.18.0.9")),  # own subnet: never ours to delete
         Route(N("10.244.8.0/25"), EXT, A("198.18.0.8")),  # not lease-sized, no refused lease
         Neighbour(DEV, A("10.244.9.0"), "", permanent=False),  # kernel-managed
         Neighbour(5, A("10.244.9.0"), MAC_B),  # another device
         FdbEntry(5, MAC_B, A("198.18.0.2")),
     ]
     stale: list[KernelObject] = [
+        # our own subnet via a gateway: what a peer's lease left when its subnet became ours
+        Route(N("10.244.1.0/24"), EXT, A("198.18.0.9")),
         Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True),
         Route(N("10.244.5.0/24"), EXT, A("198.18.0.5")),  # old host-gw / DirectRouting route
         # on our device, outside the Network (a hostile lease an older daemon accepted)
@@ -145,6 +151,7 @@ def test_stale_cleanup_touches_only_our_entries() -> None:
         FdbEntry(DEV, MAC_C, A("198.18.0.4")),
     ]
     assert plan(foreign + stale + b_objects(), B) == [
+        Delete(Route(N("10.244.1.0/24"), EXT, A("198.18.0.9"))),
         Delete(Route(N("10.244.4.0/24"), DEV, A("10.244.4.0"), onlink=True)),
         Delete(Route(N("10.244.5.0/24"), EXT, A("198.18.0.5"))),
         Delete(Route(N("198.18.0.0/25"), DEV, A("198.18.0.0"), onlink=True)),
@@ -169,9 +176,15 @@ def test_peer_selection() -> None:
     udp = vx_lease("10.244.4.0/24", "198.18.0.4", "", btype="")
     hgw = vx_lease("10.244.5.0/24", "198.18.0.5", "", btype="host-gw")
     broken = Lease(N("10.244.6.0/24"), LeaseAttrs(A("198.18.0.6"), "vxlan", '{"VNI":1}'))
-    table = {lease.subnet: lease for lease in (OWN, B, C, udp, hgw, broken)}
-    chosen = peer_leases(table, OWN, lambda lease: lease.attrs.backend_type == "vxlan")
+    same_ip = vx_lease("10.244.7.0/24", "198.18.0.1", MAC_C)  # our PublicIP: not a peer
+    table = {lease.subnet: lease for lease in (OWN, B, C, udp, hgw, broken, same_ip)}
+    ctx = BackendContext(ExternalInterface("eth0", EXT, A("198.18.0.1"), A("198.18.0.1"), 1500),
+                         network_config_from_dict({"Network": str(NET), "Backend": {"Type": "vxlan"}}))
+    net = VxlanNetwork(VXLANBackend(ctx, Netlink()), OWN)
+    chosen = [lease for lease in table.values() if net.wanted(lease) is not None]
     assert [lease.subnet for lease in chosen] == [B.subnet, C.subnet, broken.subnet]
+    specs = [net.peer_spec(lease, None) for lease in chosen]
+    assert [s.peer.subnet if s else None for s in specs] == [B.subnet, C.subnet, None]
     assert [p.subnet for p in peers(*chosen)] == [B.subnet, C.subnet]
 
 

@@ -253,6 +253,43 @@ def test_every_op_a_store_reports_has_its_own_label() -> None:
     assert 'op="other"' not in text
 
 
+def test_every_netlink_op_and_result_has_its_own_label() -> None:
+    """Each op kind the applier can report (every object kind replaced or deleted, each link
+    op) and each outcome result maps to a declared label: none is exported as "other"."""
+    from ipaddress import IPv4Address, IPv4Network
+
+    from flanneld.metrics import NETLINK_KINDS, NETLINK_RESULTS, netlink_labels
+    from flanneld.netops import (
+        Address,
+        CreateVxlan,
+        Delete,
+        DeleteLink,
+        FdbEntry,
+        Neighbour,
+        OpResult,
+        Outcome,
+        Replace,
+        Route,
+        SetLink,
+        VxlanLink,
+    )
+
+    ip = IPv4Address("10.244.1.0")
+    objects = [Address(1, ip), Route(IPv4Network("10.244.1.0/24"), 1), Neighbour(1, ip, "0a:00:00:00:00:01"),
+               FdbEntry(1, "0a:00:00:00:00:01", ip)]
+    ops = [*(Replace(o) for o in objects), *(Delete(o) for o in objects),
+           CreateVxlan(VxlanLink("flannel.1", 1, ip, 2, 8472, "0a:00:00:00:00:01", 1450)),
+           DeleteLink("flannel.1"), SetLink("flannel.1")]
+    kinds = {netlink_labels(op.kind, "ok")[0] for op in ops}
+    assert kinds == {"address", "route", "neigh", "fdb", "link"} and kinds <= NETLINK_KINDS
+    assert {netlink_labels("route_replace", r.value)[1] for r in OpResult} == NETLINK_RESULTS
+    m = Metrics(backend="vxlan")
+    m.netlink_outcomes([Outcome(op, r) for op in ops for r in OpResult])
+    text = m.render().decode()
+    assert 'flannel_netlink_operations_total{kind="link",result="exists"} 3.0' in text
+    assert 'kind="other"' not in text and 'result="other"' not in text
+
+
 def test_lease_info_has_only_the_current_lease() -> None:
     m = Metrics(backend="vxlan")
     assert "flannel_lease_info{" not in m.render().decode()  # no lease yet: no series

@@ -66,13 +66,12 @@ def test_backend_forwards_to_a_standalone_peer(nodes: Path, offload: bool) -> No
             attrs = await be.prepare()
             assert attrs.to_json() == '{"PublicIP":"198.18.0.1","PublicIPv6":null}'
             own = Lease(IPv4Network(topo.SUBNETS[0]), attrs)
-            await be.activate(own)
+            net = await be.register_network(own)
             other = Lease(IPv4Network(topo.SUBNETS[1]),
                           LeaseAttrs(public_ip=IPv4Address(topo.UNDERLAY[1])))
             vx = Lease(IPv4Network("10.244.9.0/24"),
                        LeaseAttrs(public_ip=IPv4Address("198.18.0.9"), backend_type="vxlan"))
-            res = await be.reconcile({own.subnet: own, other.subnet: other, vx.subnet: vx},
-                                     full=True)
+            res = await net.repair({own.subnet: own, other.subnet: other, vx.subnet: vx})
             assert res.applied == 1 and res.failed == 0
             assert be.stats()["routes"] == {topo.SUBNETS[1]: topo.UNDERLAY[1]}
             addr = topo.sh("ip", "-4", "addr", "show", "flannel0", ns=topo.NODES[0]).stdout
@@ -83,8 +82,8 @@ def test_backend_forwards_to_a_standalone_peer(nodes: Path, offload: bool) -> No
             out, _ = await proc.communicate()
             assert proc.returncode == 0, out.decode()
             assert be.stats()["peers"][topo.UNDERLAY[1]]["rx_packets"] >= 3
-            res = await be.reconcile({}, full=False)
-            assert res.applied == 1 and be.stats()["routes"] == {}
+            res = await net.apply({other.subnet: None})
+            assert res.applied == 1 and be.stats()["routes"] == {} and net.peer_count == 0
         finally:
             await be.close()
 
@@ -94,19 +93,23 @@ def test_backend_forwards_to_a_standalone_peer(nodes: Path, offload: bool) -> No
         peer.stop()
 
 
-def test_activate_again_for_another_subnet_keeps_one_thread_and_one_address(nodes: Path) -> None:
-    """The daemon re-acquired a different subnet: the old datapath thread stops, the old /32
-    leaves flannel0, and forwarding goes on with the new subnet (it once ran two threads and
-    kept both addresses)."""
+def test_moving_to_another_subnet_keeps_one_thread_and_one_address(nodes: Path) -> None:
+    """The daemon re-acquired a different subnet: it retires the old network (its datapath
+    thread stops, its /32 leaves flannel0) and registers a new one that forwards for the new
+    subnet (activating twice once ran two threads and kept both addresses).  Registering a
+    second network while one runs is refused."""
     import threading
 
     async def scenario() -> None:
         be = UDPBackend(context(), netns=topo.NODES[0])
         try:
             attrs = await be.prepare()
-            await be.activate(Lease(IPv4Network(topo.SUBNETS[0]), attrs))
+            old = await be.register_network(Lease(IPv4Network(topo.SUBNETS[0]), attrs))
             first = be.datapath
-            await be.activate(Lease(IPv4Network("10.244.77.0/24"), attrs))
+            with pytest.raises(RuntimeError, match="another udp network"):
+                await be.register_network(Lease(IPv4Network("10.244.77.0/24"), attrs))
+            await old.retire()
+            new = await be.register_network(Lease(IPv4Network("10.244.77.0/24"), attrs))
             threads = [t for t in threading.enumerate() if t.name == "udp-datapath"]
             assert len(threads) == 1, threads
             assert be.datapath is not first and first is not None and first._thread is None
@@ -114,6 +117,8 @@ def test_activate_again_for_another_subnet_keeps_one_thread_and_one_address(node
             assert "10.244.77.0/32" in addr and "10.244.1.0/32" not in addr, addr
             assert be.datapath is not None and be.datapath.local.contains(
                 int(IPv4Address("10.244.77.5")))
+            await old.close()  # a retired network's close leaves the new one running
+            assert be.datapath is new.datapath and new.datapath._thread is not None
         finally:
             await be.close()
         assert not [t for t in threading.enumerate() if t.name == "udp-datapath"]
