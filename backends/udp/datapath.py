@@ -55,7 +55,8 @@ VNET_GSO_OR_CSUM = int.from_bytes(bytes([0x01, 0xFF]), sys.byteorder)
 FAST_ROUTES_MAX = 65536  # per-destination route cache entries before it starts over
 # TTL - 1 patched into the header checksum read as a native-order 16-bit word: RFC 1624's
 # HC' = ~(~HC + 0xfeff) is HC' = (HC + 0x100) % 0xffff in network order and, byte-swapped,
-# (HC + 1) % 0xffff on a little-endian host (tests/udp/test_udp_poll.py checks all 65536 values)
+# (HC + 1) % 0xffff on a little-endian host (tests/udp/test_udp_hot_path.py runs all 65536 values
+# through the running loop)
 CSUM_TTL_STEP = 1 if sys.byteorder == "little" else 0x100
 
 
@@ -387,7 +388,8 @@ class Datapath:
             return
         v = core.from_tun(pkt, self.routes, self.mtu)
         if v.peer is None:
-            self.drops[v.drop or DropReason.NO_ROUTE] += 1
+            # `is None`, not `or`: TRUNCATED is 0, a false IntEnum
+            self.drops[DropReason.NO_ROUTE if v.drop is None else v.drop] += 1
             if v.reply is not None:
                 self.write_tun(v.reply)
             return
