@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "reservation and revoke its etcd lease, so that its node gives the "
                          "subnet up (its pods lose the network until they are re-created)")
     release = subnets_sub.add_parser("release", help="delete the lease or reservation of SUBNET",
-                                     description="Delete the key of SUBNET.")
+                                     description="Delete the key of SUBNET (a.b.c.d-len, or a "
+                                     "dual-stack key a.b.c.d-len&<ipv6>-len whose IPv4 half it is).")
     release.add_argument("subnet", type=_subnet_arg, metavar="SUBNET", help="a.b.c.d/len")
 
     config = sub.add_parser("config", help="read or write the network config",
@@ -280,6 +281,9 @@ async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
     except FlannelError as exc:
         _warn(f"{exc}; leases are not checked against it")
         return None
+    if not netconf.enable_ipv4:
+        _warn("the network config is IPv6-only (EnableIPv4 false); leases are not checked against it")
+        return None
     return LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints))
 
 
@@ -298,7 +302,8 @@ async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dic
     now = time.time()
     rows: list[dict[str, Any]] = []
     for kv in snap.kvs:
-        row: dict[str, Any] = {"key": kv.key, "reserved": kv.lease_id == 0, "rejected": None}
+        row: dict[str, Any] = {"key": kv.key, "reserved": kv.lease_id == 0, "rejected": None,
+                               "ipv6_subnet": None, "public_ipv6": None}
         rejection = book.rejected.get(kv.key)
         if rejection is not None:
             row.update(rejected=rejection.reason.value, error=rejection.detail)
@@ -318,6 +323,7 @@ async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dic
         ttl = ttls.get(kv.lease_id) if kv.lease_id else None
         row.update(
             public_ip=str(attrs.public_ip),
+            public_ipv6=str(attrs.public_ipv6) if attrs.public_ipv6 is not None else None,
             backend_type=attrs.backend_type or "udp",
             backend_data=data,
             vtep_mac=(data or {}).get("VtepMAC"),
@@ -339,20 +345,31 @@ def _row_order(row: dict[str, Any]) -> tuple[int, int, int, str]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    """One line per key.  The IPV6 SUBNET and PUBLIC IPV6 columns appear only when some key
+    has an IPv6 half or a PublicIPv6: an IPv4-only cluster's table stays as it always was
+    (scripts that cut its columns keep working)."""
+    dual = any(r.get("ipv6_subnet") or r.get("public_ipv6") for r in rows)
     headers = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "TTL", "STATUS"]
+    if dual:
+        headers[1:1] = ["IPV6 SUBNET"]
+        headers[3:3] = ["PUBLIC IPV6"]
     table = []
     for r in rows:
         status = f"REJECTED {r['rejected']}: {r['error']}" if r.get("rejected") else "ok"
         if r.get("public_ip") is None:
-            table.append([r["subnet"], "-", "INVALID", "-", "-", "-", status])
-            continue
-        if r["reserved"]:
-            expires, ttl = "never", "reserved"
+            cells = [r["subnet"], "-", "INVALID", "-", "-", "-", status]
         else:
-            expires = r["expires_at"] or "-"
-            ttl = f"{r['ttl_seconds']}s" if r["ttl_seconds"] is not None else "-"
-        table.append([r["subnet"], r["public_ip"], r["backend_type"], r["vtep_mac"] or "-", expires, ttl,
-                      status])
+            if r["reserved"]:
+                expires, ttl = "never", "reserved"
+            else:
+                expires = r["expires_at"] or "-"
+                ttl = f"{r['ttl_seconds']}s" if r["ttl_seconds"] is not None else "-"
+            cells = [r["subnet"], r["public_ip"], r["backend_type"], r["vtep_mac"] or "-", expires,
+                     ttl, status]
+        if dual:
+            cells[1:1] = [r.get("ipv6_subnet") or "-"]
+            cells[3:3] = [r.get("public_ipv6") or "-"]
+        table.append(cells)
     widths = [max(len(h), *(len(str(row[i])) for row in table)) if table else len(h)
               for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
@@ -405,6 +422,9 @@ async def reserve(store: Any, prefix: str, endpoints: str, subnet: IPv4Network,
         netconf = parse_network_config(kv.value)
     except FlannelError as exc:
         raise Refused(f"{what}: the stored {exc}; fix it first (flannelctl config set FILE)") from None
+    if not netconf.enable_ipv4:
+        raise Refused(f"{what}: the stored network config is IPv6-only (EnableIPv4 false): it has "
+                      "no IPv4 subnets to reserve")
     btype = (backend_type or netconf.backend.type).lower()
     try:
         backend_class(btype)
@@ -510,6 +530,30 @@ def _vtep_note(verdict: Any, public_ip: IPv4Address) -> None:
               f"it and writes its own data ({verdict[1]})", file=sys.stderr)
 
 
+async def release(store: Any, prefix: str, subnet: IPv4Network) -> int:
+    """Delete the key of ``subnet``: ``a.b.c.d-len``, or a dual-stack key whose IPv4 half it
+    is (``a.b.c.d-len&<ipv6>-len``); 1 when there is none."""
+    from flanneld.lease import key_name
+
+    key = subnets_prefix(prefix) + subnet_key(subnet)
+    deleted = [key] if await store.delete(key) else []
+    for kv in (await store.list_prefix(subnets_prefix(prefix))).kvs:
+        try:
+            v4, v6 = parse_subnet_key(kv.key)
+        except LeaseDecodeError:
+            continue
+        if v4 == subnet and v6 is not None and await store.delete(kv.key):
+            deleted.append(kv.key)
+    if not deleted:
+        print(f"flannelctl: no lease or reservation for {subnet}", file=sys.stderr)
+        return 1
+    if deleted == [key]:
+        print(f"released {subnet}", file=sys.stderr)
+    else:
+        print(f"released {subnet} (key {', '.join(key_name(k) for k in deleted)})", file=sys.stderr)
+    return 0
+
+
 # ---- config set -----------------------------------------------------------------------------------
 
 def _not_json(value: Any) -> Any:
@@ -523,7 +567,14 @@ def load_config_file(path: str) -> tuple[bytes, dict[str, Any]]:
     import yaml
 
     from flanneld.backends import backend_class
-    from flanneld.netconfig import json_syntax_error, parse_network_config, unknown_field_hints
+    from flanneld.errors import NetworkConfigError
+    from flanneld.netconfig import (
+        UNSUPPORTED_FIELD,
+        json_syntax_error,
+        parse_network_config,
+        unknown_field_hints,
+        unsupported_reason,
+    )
 
     try:
         if path == "-":
@@ -566,6 +617,9 @@ def load_config_file(path: str) -> tuple[bytes, dict[str, Any]]:
         raise FlannelError(f"{path}: cannot be written as JSON: {exc}") from None
     try:
         netconf = parse_network_config(raw)
+        reason = unsupported_reason(netconf)
+        if reason is not None:
+            raise NetworkConfigError(UNSUPPORTED_FIELD, reason)
         backend_class(netconf.backend.type).validate_options(netconf.backend.options)
     except FlannelError as exc:
         raise FlannelError("; ".join([str(exc), *hints])) from None
@@ -623,13 +677,7 @@ async def _run(args: argparse.Namespace, etcd: EtcdSettings) -> int:
                               args.backend_type, args.force)
                 return 0
             if args.action == "release":
-                subnet = args.subnet
-                key = subnets_prefix(prefix) + subnet_key(subnet)
-                if not await store.delete(key):
-                    print(f"flannelctl: no lease or reservation for {subnet}", file=sys.stderr)
-                    return 1
-                print(f"released {subnet}", file=sys.stderr)
-                return 0
+                return await release(store, prefix, args.subnet)
             rows = await _subnet_rows(store, prefix, etcd.endpoints)
             if args.output == "json":
                 print(json.dumps(rows, indent=2))
@@ -663,19 +711,27 @@ async def _run(args: argparse.Namespace, etcd: EtcdSettings) -> int:
 
 
 def docker_opts(subnet_file: str) -> int:
-    from ipaddress import IPv4Interface
+    from ipaddress import IPv4Interface, IPv6Interface, IPv6Network
 
     from flanneld.subnet_env import SubnetEnv, parse_subnet_env, render_docker_opts
 
     try:
         with open(subnet_file, encoding="utf-8") as fh:
             values = parse_subnet_env(fh.read())
-        iface = IPv4Interface(values["FLANNEL_SUBNET"])
+        network = subnet = ipv6_network = ipv6_subnet = None
+        if "FLANNEL_SUBNET" in values or "FLANNEL_IPV6_SUBNET" not in values:
+            subnet = IPv4Interface(values["FLANNEL_SUBNET"]).network
+            network = IPv4Network(values["FLANNEL_NETWORK"])
+        if "FLANNEL_IPV6_SUBNET" in values:
+            ipv6_subnet = IPv6Interface(values["FLANNEL_IPV6_SUBNET"]).network
+            ipv6_network = IPv6Network(values["FLANNEL_IPV6_NETWORK"])
         env = SubnetEnv(
-            network=IPv4Network(values["FLANNEL_NETWORK"]),
-            subnet=iface.network,
+            network=network,
+            subnet=subnet,
             mtu=int(values["FLANNEL_MTU"]),
             ipmasq=values.get("FLANNEL_IPMASQ", "false") == "true",
+            ipv6_network=ipv6_network,
+            ipv6_subnet=ipv6_subnet,
         )
     except OSError as exc:
         print(f"flannelctl: {subnet_file}: {exc.strerror}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The network config stored at ``<prefix>/config``: parsing, defaults and validation.
 
-Follows Go flannel's ``pkg/subnet/config.go``: field names are matched case-insensitively,
-SubnetLen/SubnetMin/SubnetMax get flannel's defaults and rules.  IPv6 fields are parsed and
-checked, but dual stack and IPv6-only networks are refused with "not supported yet".
+Follows Go flannel's ``pkg/subnet/config.go`` (``ParseConfig``, ``CheckNetworkConfig``): field
+names are matched case-insensitively, SubnetLen/SubnetMin/SubnetMax and their IPv6 twins get
+flannel's defaults and rules.  Dual stack (EnableIPv6) and IPv6-only (EnableIPv4 false) configs
+parse completely; whether this implementation can run them yet is a separate question, answered
+by ``unsupported_reason`` (asked by ``flannelctl config set`` and by the daemon).
 
 A missing ``Backend`` falls back to ``udp``, as Go flanneld's code does (its docs say vxlan):
 every node of a mixed cluster must pick the same backend from the same config.
@@ -15,7 +17,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from flanneld.errors import NetworkConfigError
@@ -42,8 +44,17 @@ class BackendConfig:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
 
+# Go's empty ip.IP4Net: what Network, SubnetLen, SubnetMin and SubnetMax hold in an IPv6-only
+# config that does not set them (CheckNetworkConfig neither defaults nor checks them then).
+NO_IPV4_NETWORK = IPv4Network("0.0.0.0/0")
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
+    """A validated network config.  With ``enable_ipv4`` false (IPv6-only) the IPv4 fields are
+    what the document said (syntax-checked only, as Go's decoder does) or Go's zero values
+    (``NO_IPV4_NETWORK``, 0, 0.0.0.0); with ``enable_ipv6`` the ``ipv6_*`` fields are all set."""
+
     network: IPv4Network
     subnet_len: int
     subnet_min: IPv4Address
@@ -56,6 +67,8 @@ class NetworkConfig:
     ipv6_subnet_len: int = 0
     # Fields the config had that flannel does not know (reported, not fatal, as in Go).
     unknown_fields: tuple[str, ...] = ()
+    ipv6_subnet_min: IPv6Address | None = None
+    ipv6_subnet_max: IPv6Address | None = None
 
     @property
     def subnet_count(self) -> int:
@@ -70,6 +83,34 @@ class NetworkConfig:
             and subnet.subnet_of(self.network)
             and self.subnet_min <= subnet.network_address <= self.subnet_max
         )
+
+    @property
+    def ipv6_subnet_count(self) -> int:
+        """How many IPv6 subnets lie between IPv6SubnetMin and IPv6SubnetMax (0 without IPv6)."""
+        if self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
+            return 0
+        size = 1 << (128 - self.ipv6_subnet_len)
+        return (int(self.ipv6_subnet_max) - int(self.ipv6_subnet_min)) // size + 1
+
+    def contains_ipv6_subnet(self, subnet: IPv6Network | None) -> bool:
+        """True when a lease's IPv6 half is one this config could have handed out: always
+        false without EnableIPv6 (Go's ``isIPv6SubnetConfigCompat`` wants no half then, see
+        ``ipv6_half_fits``)."""
+        if subnet is None or self.ipv6_network is None:
+            return False
+        assert self.ipv6_subnet_min is not None and self.ipv6_subnet_max is not None
+        return (
+            subnet.prefixlen == self.ipv6_subnet_len
+            and subnet.subnet_of(self.ipv6_network)
+            and self.ipv6_subnet_min <= subnet.network_address <= self.ipv6_subnet_max
+        )
+
+    def ipv6_half_fits(self, subnet: IPv6Network | None) -> bool:
+        """Go's ``isIPv6SubnetConfigCompat``: without EnableIPv6 a lease must have no IPv6
+        half; with it, one inside IPv6SubnetMin..IPv6SubnetMax of IPv6SubnetLen."""
+        if not self.enable_ipv6:
+            return subnet is None
+        return self.contains_ipv6_subnet(subnet)
 
 
 def _bool(fields: dict[str, Any], key: str, name: str, default: bool) -> bool:
@@ -102,6 +143,23 @@ def _ipv4(fields: dict[str, Any], key: str, name: str) -> IPv4Address | None:
         return IPv4Address(value)
     except ValueError:
         raise NetworkConfigError(name, f"not an IPv4 address: {value!r}") from None
+
+
+def _ipv6(fields: dict[str, Any], key: str, name: str) -> IPv6Address | None:
+    """An IPv6 address field; None when absent, empty or ``::`` (Go's ``ip.IsEmpty``: the
+    default is used then)."""
+    value = fields.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise NetworkConfigError(name, f"must be an IPv6 address string, got {value!r}")
+    try:
+        if "%" in value:
+            raise ValueError  # a zone: Go's net.ParseIP refuses it
+        address = IPv6Address(value)
+    except ValueError:
+        raise NetworkConfigError(name, f"not an IPv6 address: {value!r}") from None
+    return None if int(address) == 0 else address
 
 
 def _backend(fields: dict[str, Any]) -> BackendConfig:
@@ -167,7 +225,9 @@ def _ipv4_part(fields: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, I
     return network, subnet_len, subnet_min, subnet_max
 
 
-def _ipv6_part(fields: dict[str, Any]) -> tuple[IPv6Network, int]:
+def _ipv6_part(fields: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Address]:
+    """IPv6Network, IPv6SubnetLen, IPv6SubnetMin, IPv6SubnetMax: CheckNetworkConfig's IPv6 half,
+    with the IPv4 half's rules (and its SubnetMin <= SubnetMax check, which Go lacks)."""
     raw = fields.get("ipv6network")
     if not isinstance(raw, str) or not raw:
         raise NetworkConfigError("IPv6Network", f"is required when EnableIPv6 is true, got {raw!r}")
@@ -183,13 +243,57 @@ def _ipv6_part(fields: dict[str, Any]) -> tuple[IPv6Network, int]:
             raise NetworkConfigError("IPv6SubnetLen", f"must be /126 or shorter, got {subnet_len}")
         if subnet_len < network.prefixlen + 2:
             raise NetworkConfigError(
-                "IPv6SubnetLen", f"/{subnet_len} leaves fewer than four subnets in {network}"
+                "IPv6SubnetLen",
+                f"/{subnet_len} leaves fewer than four subnets in {network}; "
+                f"use at least /{network.prefixlen + 2}",
             )
-    elif network.prefixlen > 126:
-        raise NetworkConfigError("IPv6Network", f"{network} is too small")
+    elif network.prefixlen > 124:
+        raise NetworkConfigError(
+            "IPv6Network", f"{network} is too small; the minimum useful network prefix is /124"
+        )
     else:
         subnet_len = 64 if network.prefixlen <= 62 else network.prefixlen + 2
-    return network, subnet_len
+
+    size = 1 << (128 - subnet_len)
+    subnet_min = _ipv6(fields, "ipv6subnetmin", "IPv6SubnetMin")
+    subnet_max = _ipv6(fields, "ipv6subnetmax", "IPv6SubnetMax")
+    if subnet_min is None:
+        subnet_min = network.network_address + size
+    elif subnet_min not in network:
+        raise NetworkConfigError("IPv6SubnetMin", f"{subnet_min} is not inside IPv6Network {network}")
+    if subnet_max is None:
+        subnet_max = IPv6Address(int(network.broadcast_address) + 1 - size)
+    elif subnet_max not in network:
+        raise NetworkConfigError("IPv6SubnetMax", f"{subnet_max} is not inside IPv6Network {network}")
+    host_bits = size - 1
+    if int(subnet_min) & host_bits:
+        raise NetworkConfigError("IPv6SubnetMin", f"{subnet_min} is not on a /{subnet_len} boundary")
+    if int(subnet_max) & host_bits:
+        raise NetworkConfigError("IPv6SubnetMax", f"{subnet_max} is not on a /{subnet_len} boundary")
+    if subnet_min > subnet_max:
+        raise NetworkConfigError("IPv6SubnetMin", f"{subnet_min} is above IPv6SubnetMax {subnet_max}")
+    return network, subnet_len, subnet_min, subnet_max
+
+
+def _ipv4_unchecked(fields: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
+    """The IPv4 fields of an IPv6-only config: as given (each syntax-checked, as Go's JSON
+    decoder does) or Go's zero values; CheckNetworkConfig neither defaults nor checks them."""
+    raw = fields.get("network")
+    network = NO_IPV4_NETWORK
+    if raw not in (None, ""):
+        try:
+            if not isinstance(raw, str) or _V4_CIDR.fullmatch(raw) is None:
+                raise ValueError
+            network = IPv4Network(raw, strict=False)
+        except ValueError:
+            raise NetworkConfigError("Network", f"not an IPv4 CIDR: {raw!r}") from None
+    zero = IPv4Address(0)
+    return (
+        network,
+        _int(fields, "subnetlen", "SubnetLen"),
+        _ipv4(fields, "subnetmin", "SubnetMin") or zero,
+        _ipv4(fields, "subnetmax", "SubnetMax") or zero,
+    )
 
 
 def parse_network_config(raw: bytes | str) -> NetworkConfig:
@@ -216,15 +320,16 @@ def network_config_from_dict(obj: dict[str, Any]) -> NetworkConfig:
 
     ipv6_network: IPv6Network | None = None
     ipv6_len = 0
+    ipv6_min: IPv6Address | None = None
+    ipv6_max: IPv6Address | None = None
     if enable_ipv6:
-        ipv6_network, ipv6_len = _ipv6_part(fields)
-    if not enable_ipv4:
-        if enable_ipv6:
-            raise NetworkConfigError("EnableIPv6", "IPv6-only networks are not supported yet")
+        ipv6_network, ipv6_len, ipv6_min, ipv6_max = _ipv6_part(fields)
+    if enable_ipv4:
+        network, subnet_len, subnet_min, subnet_max = _ipv4_part(fields)
+    elif enable_ipv6:
+        network, subnet_len, subnet_min, subnet_max = _ipv4_unchecked(fields)
+    else:
         raise NetworkConfigError("EnableIPv4", "at least one of EnableIPv4/EnableIPv6 must be true")
-    network, subnet_len, subnet_min, subnet_max = _ipv4_part(fields)
-    if enable_ipv6:
-        raise NetworkConfigError("EnableIPv6", "dual stack (IPv4 + IPv6) is not supported yet")
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,
@@ -237,7 +342,24 @@ def network_config_from_dict(obj: dict[str, Any]) -> NetworkConfig:
         ipv6_network=ipv6_network,
         ipv6_subnet_len=ipv6_len,
         unknown_fields=unknown,
+        ipv6_subnet_min=ipv6_min,
+        ipv6_subnet_max=ipv6_max,
     )
+
+
+# The field a refusal by ``unsupported_reason`` names (NetworkConfigError(UNSUPPORTED_FIELD, ...)).
+UNSUPPORTED_FIELD = "EnableIPv6"
+
+
+def unsupported_reason(netconf: NetworkConfig) -> str | None:
+    """Why this implementation cannot run ``netconf`` yet (None: it can).  The one place that
+    decides it: ``flannelctl config set`` refuses such a config and the daemon does not start
+    with it, both as ``NetworkConfigError(UNSUPPORTED_FIELD, reason)``."""
+    if not netconf.enable_ipv6:
+        return None
+    if not netconf.enable_ipv4:
+        return "IPv6-only networks are not supported yet"
+    return "dual stack (IPv4 + IPv6) is not supported yet"
 
 
 def json_syntax_error(exc: json.JSONDecodeError) -> str:

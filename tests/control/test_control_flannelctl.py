@@ -130,3 +130,34 @@ def test_subnets_shows_rejected_leases_with_why(etcd_server: EtcdServer, etcd_pr
     row = next(line for line in table if line.startswith("198.18.0.0/25"))
     assert "REJECTED outside_network" in row
     assert next(line for line in table if line.startswith("10.5.7.0/24 ")).endswith(" ok")
+
+
+def test_config_set_refuses_dual_stack_naming_enable_ipv6(
+        etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> None:
+    dual = tmp_path / "dual.yaml"
+    dual.write_text("Network: 10.5.0.0/16\nEnableIPv6: true\nIPv6Network: fc00::/48\n")
+    r = ctl(etcd_server, etcd_prefix, "config", "set", str(dual))
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert "EnableIPv6: dual stack (IPv4 + IPv6) is not supported yet" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Network: 10.5.0.0/16\nEnableIPv6: true\nIPv6Network: fc00::/48\nIPv6SubnetMin: 'fd00::'\n")
+    r = ctl(etcd_server, etcd_prefix, "config", "set", str(bad))
+    assert r.returncode == 1 and "IPv6SubnetMin: fd00:: is not inside IPv6Network fc00::/48" in r.stderr
+    assert etcdctl(etcd_server, "get", f"{etcd_prefix}/config") == ""  # nothing written
+
+
+def test_subnets_json_shows_the_ipv6_half(etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    etcdctl(etcd_server, "put", f"{etcd_prefix}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}')
+    etcdctl(etcd_server, "put", f"{etcd_prefix}/subnets/10.5.7.0-24",
+            '{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"host-gw"}')
+    etcdctl(etcd_server, "put", f"{etcd_prefix}/subnets/10.5.8.0-24&fc00:0:0:8::-64",
+            '{"PublicIP":"198.18.0.8","PublicIPv6":"2001:db8::8","BackendType":"host-gw"}')
+    r = ctl(etcd_server, etcd_prefix, "subnets", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["subnet"]: row for row in json.loads(r.stdout)}
+    assert {s: (row["ipv6_subnet"], row["public_ipv6"]) for s, row in rows.items()} == {
+        "10.5.7.0/24": (None, None), "10.5.8.0/24": ("fc00:0:0:8::/64", "2001:db8::8")}
+    table = ctl(etcd_server, etcd_prefix, "subnets").stdout.splitlines()
+    assert table[0].split()[:3] == ["SUBNET", "IPV6", "SUBNET"]
+    assert ctl(etcd_server, etcd_prefix, "subnets", "release", "10.5.8.0/24").returncode == 0
+    assert etcdctl(etcd_server, "get", "--prefix", f"{etcd_prefix}/subnets/10.5.8.0") == ""

@@ -395,7 +395,20 @@ DOC_CASES = [
     ({"Network": "10.5.0.0/16", "EnableIPv4": False}, "EnableIPv4: at least one of EnableIPv4/EnableIPv6 must be true"),
     ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48"},
      "EnableIPv6: dual stack (IPv4 + IPv6) is not supported yet"),
+    ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00::/48"},
+     "EnableIPv6: IPv6-only networks are not supported yet"),
     ({"Network": "10.5.0.0/16", "EnableIPv6": True}, "IPv6Network: is required when EnableIPv6 is true, got None"),
+    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/125"},
+     "IPv6Network: fc00::/125 is too small; the minimum useful network prefix is /124"),
+    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48", "IPv6SubnetLen": 127},
+     "IPv6SubnetLen: must be /126 or shorter, got 127"),
+    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48", "IPv6SubnetLen": 49},
+     "IPv6SubnetLen: /49 leaves fewer than four subnets in fc00::/48; use at least /50"),
+    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc01::"},
+     "IPv6SubnetMin: fc01:: is not inside IPv6Network fc00::/48"),
+    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48",
+      "IPv6SubnetMin": "fc00:0:0:9::", "IPv6SubnetMax": "fc00:0:0:2::"},
+     "IPv6SubnetMin: fc00:0:0:9:: is above IPv6SubnetMax fc00:0:0:2::"),
     ({"Network": "10.5.0.0/16", "EnableNFTables": 1}, "EnableNFTables: must be true or false, got 1"),
     ({"Network": "10.5.0.0/16", "Backend": {"Type": ""}}, "Backend.Type: must be a non-empty string, got ''"),
     ({"Network": "10.5.0.0/16", "Backend": {"Type": "ipip"}},
@@ -419,13 +432,16 @@ def test_docs_config_quotes_the_real_error_messages(monkeypatch: pytest.MonkeyPa
     # only the built-in backends (other tests of this process register test doubles)
     monkeypatch.setattr(backends, "_REGISTRY", {k: v for k, v in backends._REGISTRY.items()
                                                  if k in ("vxlan", "host-gw", "udp")})
-    from flanneld.errors import FlannelError
-    from flanneld.netconfig import parse_network_config
+    from flanneld.errors import FlannelError, NetworkConfigError
+    from flanneld.netconfig import UNSUPPORTED_FIELD, parse_network_config, unsupported_reason
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     for obj, message in DOC_CASES:
-        with pytest.raises(FlannelError) as info:
+        with pytest.raises(FlannelError) as info:  # what `flannelctl config set` checks
             netconf = parse_network_config(json.dumps(obj))
+            reason = unsupported_reason(netconf)
+            if reason is not None:
+                raise NetworkConfigError(UNSUPPORTED_FIELD, reason)
             backend_class(netconf.backend.type).validate_options(netconf.backend.options)
         assert str(info.value).removeprefix("network config: ") == message, obj
         assert f"`{message}`" in doc, message
