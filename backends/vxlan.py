@@ -103,7 +103,7 @@ def parse_options(options: Mapping[str, Any]) -> VxlanOptions:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanPeer:
     subnet: IPv4Network
     public_ip: IPv4Address
@@ -170,7 +170,7 @@ def plan_address(own: Lease, device_index: int, observed: Sequence[Address]) -> 
     return diff([want], [a for a in observed if a.ifindex == device_index], lambda _: True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerSpec:
     """Everything one peer's entries depend on; equal specs mean equal kernel objects."""
 

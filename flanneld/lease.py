@@ -31,7 +31,7 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a node publishes about itself in its lease value."""
 
@@ -125,7 +125,7 @@ def decode_lease_attrs(raw: bytes | str) -> LeaseAttrs:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A subnet held by a node: the key, the value and the etcd lease behind it."""
 

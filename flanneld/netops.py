@@ -45,7 +45,7 @@ def normalize_mac(mac: str) -> str:
     return ":".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Address:
     """An IPv4 or IPv6 address on a device (``ip addr add <address>/<prefixlen> dev <ifindex>``).
 
@@ -67,7 +67,7 @@ class Address:
         return family_of(self.address)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """An IPv4 or IPv6 unicast route.  No gateway means a device route (scope link).
 
@@ -94,7 +94,7 @@ class Route:
         return self.gateway is None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neighbour:
     """An IPv4 (ARP) or IPv6 (NDP) neighbour entry; ours are always NUD_PERMANENT."""
 
@@ -114,7 +114,7 @@ class Neighbour:
         return family_of(self.address)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FdbEntry:
     """A vxlan forwarding entry ``<lladdr> dst <dst> self permanent`` on a vxlan device.
 
@@ -139,7 +139,7 @@ class FdbEntry:
 KernelObject = Address | Route | Neighbour | FdbEntry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanLink:
     """The attributes of a vxlan device that we create and check for compatibility.
 
@@ -161,7 +161,7 @@ class VxlanLink:
         return family_of(self.local)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkInfo:
     """What netlink tells about an existing device (observation, not an op)."""
 
@@ -176,7 +176,7 @@ class LinkInfo:
     l3miss: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InterfaceInfo:
     """One interface with its addresses, for --iface / --iface-regex selection.
 
@@ -195,7 +195,7 @@ class InterfaceInfo:
 # --- operations ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Replace:
     """Make ``obj`` present (netlink NLM_F_CREATE|NLM_F_REPLACE: add or overwrite)."""
 
@@ -206,7 +206,7 @@ class Replace:
         return f"{self.obj.kind}_replace"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delete:
     """Make ``obj`` absent; already gone is success."""
 
@@ -217,7 +217,7 @@ class Delete:
         return f"{self.obj.kind}_delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CreateVxlan:
     """Create a vxlan device (the planner only asks when none of that name exists)."""
 
@@ -228,7 +228,7 @@ class CreateVxlan:
         return "link_create"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteLink:
     name: str
 
@@ -237,7 +237,7 @@ class DeleteLink:
         return "link_delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetLink:
     """Set MTU / MAC (when not None) and bring the device up."""
 
@@ -261,7 +261,7 @@ class OpResult(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one op; ``kind`` and ``result`` are the metric labels."""
 

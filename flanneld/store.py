@@ -20,7 +20,7 @@ RequestObserver = Callable[[str, str, float], None]
 STORE_OPS = ("get", "list", "grant", "revoke", "ttl", "create", "update", "put", "delete", "watch")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
     key: str
     value: bytes

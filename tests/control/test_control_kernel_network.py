@@ -36,8 +36,11 @@ class MemoryKernel:
     def __init__(self) -> None:
         self.objects: dict[Key, KernelObject] = {}
         self.batches: list[list[Op]] = []
+        self.before_batch: Callable[[int], Awaitable[None]] | None = None
 
     async def apply(self, ops: list[Op]) -> list[Outcome]:
+        if self.before_batch is not None:
+            await self.before_batch(len(self.batches))
         await asyncio.sleep(0)
         self.batches.append(list(ops))
         out = []
@@ -186,5 +189,37 @@ def test_repair_removes_stale_and_foreign_routes_but_not_others() -> None:
         routes = kernel.routes_by_dst()
         assert result.repaired == 1  # the stale delete: the last applied state had none of it
         assert set(routes) == {device_route.dst, other_dev.dst, *(peer(i).subnet for i in range(3))}
+
+    asyncio.run(main())
+
+
+def test_an_event_between_two_chunks_of_a_repair_is_not_undone() -> None:
+    """A first start programs 3000 routes in chunks; a peer removed (and one moved) by events
+    after the first chunk was sent stays removed (moved), although the repair had planned
+    their routes from its snapshot."""
+
+    async def main() -> None:
+        kernel = MemoryKernel()
+        net = network(kernel)
+        net.APPLY_CHUNK = 500
+        table = leases(N)
+        gone, moved = peer(N - 10).subnet, peer(N - 11, "198.18.9.9")
+
+        async def event(batch: int) -> None:
+            if batch == 1:  # the first chunk is in the kernel; the second not yet
+                kernel.before_batch = None
+                await net.apply({gone: None, moved.subnet: moved})
+
+        kernel.before_batch = event
+        result = await net.repair(table)
+        assert len(kernel.batches) >= N // 500
+        routes = kernel.routes_by_dst()
+        assert gone not in routes
+        assert routes[moved.subnet] == IPv4Address("198.18.9.9")
+        assert result.failed == 0 and net.peer_count == N - 1
+        del table[gone]
+        table[moved.subnet] = moved
+        again = await net.repair(table)
+        assert (again.applied, again.repaired) == (0, 0)
 
     asyncio.run(main())
