@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from flanneld.backends.family import V4, Half
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.logging_setup import log_event
 from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
@@ -56,6 +57,10 @@ class ExternalInterface:
     address: IPv4Address  # an address of the interface (local VTEP / source address)
     public_ip: IPv4Address  # what goes into the lease (--public-ip, else ``address``)
     mtu: int
+    # IPv6 (dual stack): a global address of the interface, and what goes into the lease as
+    # PublicIPv6 (--public-ipv6, else ``address6``); None when the network has no IPv6.
+    address6: IPv6Address | None = None
+    public_ipv6: IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -144,19 +149,26 @@ class Backend(abc.ABC):
 
 
 class Network(abc.ABC):
-    """What a backend programs for one lease of this node (see the module docstring)."""
+    """What a backend programs for one lease of this node (see the module docstring), for
+    one half of it (``half``: IPv4 or IPv6; a dual-stack node stacks two networks)."""
 
-    def __init__(self, backend: Backend, lease: Lease) -> None:
+    def __init__(self, backend: Backend, lease: Lease, half: Half = V4) -> None:
         self.backend = backend
         self.lease = lease
+        self.half = half
+        self.announce = True  # logs peers added/changed/removed (one network of a stack does)
 
     def wanted(self, lease: Lease | None) -> Lease | None:
         """``lease`` if this network programs it as a peer, else None: a lease of a type the
-        backend handles, of another subnet and another PublicIP than ours."""
-        own = self.lease
+        backend handles, with this network's half (an IPv4-only lease is no peer of the IPv6
+        network), of another subnet and another public address than ours."""
+        own, half = self.lease, self.half
         if lease is None or not self.backend.handles(lease) or lease.subnet == own.subnet:
             return None
-        return None if lease.attrs.public_ip == own.attrs.public_ip else lease
+        subnet, ip = half.subnet(lease), half.public_ip(lease.attrs)
+        if subnet is None or ip is None or subnet == half.subnet(own):
+            return None
+        return None if ip == half.public_ip(own.attrs) else lease
 
     @property
     @abc.abstractmethod
@@ -176,6 +188,41 @@ class Network(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """The daemon stops: stop background work, leave the datapath."""
+
+
+class StackedNetwork(Network):
+    """A dual-stack node's network: one network per half, driven together.  A peer counts
+    once (the IPv4 network has every peer; an IPv4-only peer is not in the IPv6 one)."""
+
+    def __init__(self, parts: Sequence[Network]) -> None:
+        super().__init__(parts[0].backend, parts[0].lease, parts[0].half)
+        self.parts = tuple(parts)
+        for part in self.parts[1:]:
+            part.announce = False
+
+    @property
+    def peer_count(self) -> int:
+        return max(part.peer_count for part in self.parts)
+
+    async def apply(self, changes: Mapping[IPv4Network, Lease | None]) -> ReconcileResult:
+        return _sum([await part.apply(changes) for part in self.parts])
+
+    async def repair(self, leases: Mapping[IPv4Network, Lease]) -> ReconcileResult:
+        return _sum([await part.repair(leases) for part in self.parts])
+
+    async def retire(self) -> None:
+        for part in self.parts:
+            await part.retire()
+
+    async def close(self) -> None:
+        for part in self.parts:
+            await part.close()
+
+
+def _sum(results: Sequence[ReconcileResult]) -> ReconcileResult:
+    return ReconcileResult(applied=sum(r.applied for r in results),
+                           repaired=sum(r.repaired for r in results),
+                           failed=sum(r.failed for r in results))
 
 
 def log_peer_change(log: logging.Logger, old: Lease | None, new: Lease | None) -> None:

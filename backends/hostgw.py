@@ -15,25 +15,28 @@ from collections.abc import Callable, Collection, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import ClassVar
 
-from flanneld.backends.base import Backend, BackendContext
+from flanneld.backends.base import Backend, BackendContext, Network, StackedNetwork
+from flanneld.backends.family import V4, V6, Half, halves
 from flanneld.backends.kernel_network import KernelNetwork
 from flanneld.backends.planner import diff, route_owned_in
 from flanneld.errors import ConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netlink import Netlink
-from flanneld.netops import KernelObject, Op, Route
+from flanneld.netops import IPNetwork, KernelObject, Op, Route
 
 log = logging.getLogger(__name__)
 
 
 def owned_by_hostgw(
-    own: Lease, ext_index: int, network: IPv4Network,
+    own: Lease, ext_index: int, network: IPNetwork,
     disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
+    subnet_len: int | None = None,
 ) -> Callable[[KernelObject], bool]:
     """Ours: routes via a gateway on the external interface to a lease-sized subnet of the
     Network, and routes that only a refused lease explains (``disowned``: its
     subnet via its PublicIP)."""
-    owned_route = route_owned_in(network, own.subnet.prefixlen, {ext_index})
+    owned_route = route_owned_in(
+        network, own.subnet.prefixlen if subnet_len is None else subnet_len, {ext_index})
 
     def owned(obj: KernelObject) -> bool:
         return isinstance(obj, Route) and obj.gateway is not None and (
@@ -65,24 +68,36 @@ class HostGWBackend(Backend):
         super().__init__(ctx)
         self.netlink = netlink if netlink is not None else Netlink()
         self._owns_netlink = netlink is None
+        self.halves = halves(ctx.netconf)
 
     def mtu(self) -> int:
         return self.ctx.ext.mtu
 
     async def prepare(self) -> LeaseAttrs:
+        """The public addresses must be the interface's own: peers route to them on its L2
+        segment."""
         ext = self.ctx.ext
-        addresses = [a.address for a in await self.netlink.addresses(ext.index)]
-        if ext.public_ip not in addresses:
-            have = ", ".join(str(a) for a in addresses) or "none"
-            raise ConfigError(
-                f"host-gw: PublicIP {ext.public_ip} is not an address of interface {ext.name} "
-                f"(its IPv4 addresses: {have}); peers route to the PublicIP on that interface's "
-                "L2 segment, so --public-ip must be one of them (or choose another --iface)"
-            )
-        return LeaseAttrs(public_ip=ext.public_ip, backend_type=self.type_name)
+        for half in self.halves:
+            public = ext.public_ipv6 if half.v6 else ext.public_ip
+            flag = "--public-ipv6" if half.v6 else "--public-ip"
+            addresses = [a.address for a in await self.netlink.addresses(ext.index,
+                                                                         family=half.family)]
+            if public is None or public not in addresses:
+                have = ", ".join(str(a) for a in addresses) or "none"
+                raise ConfigError(
+                    f"host-gw: {'PublicIPv6' if half.v6 else 'PublicIP'} {public} is not an address "
+                    f"of interface {ext.name} (its {half.name} addresses: {have}); peers route "
+                    f"to it on that interface's L2 segment, so {flag} must be one of them (or "
+                    "choose another --iface)")
+        return LeaseAttrs(public_ip=ext.public_ip, backend_type=self.type_name,
+                          public_ipv6=ext.public_ipv6 if V6 in self.halves else None)
 
-    async def register_network(self, lease: Lease) -> HostGWNetwork:
-        return HostGWNetwork(self, lease)
+    async def register_network(self, lease: Lease) -> Network:
+        parts: list[Network] = [HostGWNetwork(self, lease, half) for half in self.halves
+                                if half.subnet(lease) is not None]
+        if not parts:
+            raise ConfigError(f"lease {lease.key} has none of the enabled halves")
+        return parts[0] if len(parts) == 1 else StackedNetwork(parts)
 
     async def close(self) -> None:
         """Leave the routes in place; only drop our netlink sockets."""
@@ -91,22 +106,33 @@ class HostGWBackend(Backend):
 
 
 class HostGWNetwork(KernelNetwork[Route]):
-    """One lease's host-gw network: a route per peer; nothing of its own to retire."""
+    """One half of a lease's host-gw network: a route per peer via its public address of
+    that half; nothing of its own to retire."""
 
-    def __init__(self, backend: HostGWBackend, lease: Lease) -> None:
-        super().__init__(backend, lease, backend.netlink, log)
+    def __init__(self, backend: HostGWBackend, lease: Lease, half: Half = V4) -> None:
+        super().__init__(backend, lease, backend.netlink, log, half)
         self._ext_index = backend.ctx.ext.index
-        self._owns = owned_by_hostgw(lease, self._ext_index, backend.ctx.netconf.network)
+        self._owns = self._ownership()
+
+    def _ownership(self) -> Callable[[KernelObject], bool]:
+        netconf, half = self.backend.ctx.netconf, self.half
+        network = half.network(netconf)
+        assert network is not None
+        return owned_by_hostgw(self.lease, self._ext_index, network,
+                               frozenset() if half.v6 else self.backend.disowned,
+                               subnet_len=half.subnet_len(netconf))
 
     async def before_repair(self) -> tuple[int, bool]:
-        ctx = self.backend.ctx
-        self._owns = owned_by_hostgw(self.lease, self._ext_index, ctx.netconf.network,
-                                     self.backend.disowned)
+        self._owns = self._ownership()
         return 0, False
 
-    def peer_spec(self, lease: Lease, previous: Route | None) -> Route:
-        return previous if previous is not None else Route(
-            lease.subnet, self._ext_index, lease.attrs.public_ip)
+    def peer_spec(self, lease: Lease, previous: Route | None) -> Route | None:
+        if previous is not None:
+            return previous
+        subnet, gateway = self.half.subnet(lease), self.half.public_ip(lease.attrs)
+        if subnet is None or gateway is None:
+            return None
+        return Route(subnet, self._ext_index, gateway)
 
     def peer_objects(self, spec: Route) -> tuple[Route]:
         return (spec,)
@@ -115,4 +141,5 @@ class HostGWNetwork(KernelNetwork[Route]):
         return self._owns(obj)
 
     async def observe(self) -> list[KernelObject]:
-        return [r for r in await self.netlink.routes() if r.ifindex == self._ext_index]
+        return [r for r in await self.netlink.routes(family=self.half.family)
+                if r.ifindex == self._ext_index]

@@ -25,6 +25,7 @@ from ipaddress import IPv4Network
 from typing import Generic, TypeVar
 
 from flanneld.backends.base import Backend, Network, ReconcileResult, log_peer_change
+from flanneld.backends.family import V4, Half
 from flanneld.backends.planner import (
     AppliedState,
     Key,
@@ -51,8 +52,8 @@ class KernelNetwork(Network, Generic[S]):
     APPLY_CHUNK = 2048
 
     def __init__(self, backend: Backend, lease: Lease, netlink: Netlink,
-                 log: logging.Logger) -> None:
-        super().__init__(backend, lease)
+                 log: logging.Logger, half: Half = V4) -> None:
+        super().__init__(backend, lease, half)
         self.netlink = netlink
         self.log = log
         # Per peer: its lease, its spec and the spec's objects (made once per spec).
@@ -116,8 +117,9 @@ class KernelNetwork(Network, Generic[S]):
             if peer is not None and spec is not None:
                 self._peers[key] = (peer, spec, self.peer_objects(spec))
                 new[key] = spec
-            log_peer_change(self.log, before[0] if before is not None else None,
-                            peer if spec is not None else None)
+            if self.announce:
+                log_peer_change(self.log, before[0] if before is not None else None,
+                                peer if spec is not None else None)
         if self._touched_peers is not None and self._touched_objects is not None:
             self._touched_peers.update(peer_sort_key(subnet) for subnet in wanted)
             for spec in (*old.values(), *new.values()):

@@ -19,6 +19,7 @@ DirectRouting: a peer whose PublicIP the kernel reaches without a gateway gets o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -27,10 +28,11 @@ from ipaddress import IPv4Address, IPv4Network
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from flanneld.backends.base import Backend, BackendContext
+from flanneld.backends.base import Backend, BackendContext, Network, StackedNetwork
+from flanneld.backends.family import V4, V6, Half, halves
 from flanneld.backends.kernel_network import KernelNetwork
 from flanneld.backends.planner import diff, peer_sort_key, route_owned_in
-from flanneld.errors import NetworkConfigError
+from flanneld.errors import ConfigError, NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netlink import KernelError, Netlink
 from flanneld.netops import (
@@ -39,6 +41,8 @@ from flanneld.netops import (
     Delete,
     DeleteLink,
     FdbEntry,
+    IPAddress,
+    IPNetwork,
     KernelObject,
     LinkInfo,
     Neighbour,
@@ -105,20 +109,27 @@ def parse_options(options: Mapping[str, Any]) -> VxlanOptions:
 
 @dataclass(frozen=True, slots=True)
 class VxlanPeer:
-    subnet: IPv4Network
-    public_ip: IPv4Address
+    subnet: IPNetwork
+    public_ip: IPAddress
     vtep_mac: str
-    key: int = field(default=0, compare=False)  # peer_sort_key(subnet), set by vxlan_peer
+    key: int = field(default=0, compare=False)  # peer_sort_key(lease.subnet), set by vxlan_peer
 
 
-def vxlan_peer(lease: Lease) -> VxlanPeer | None:
-    """The peer's VTEP from its lease; None (logged) when BackendData has no usable VtepMAC."""
-    try:
-        mac = normalize_mac(str(lease.attrs.backend_data_obj().get("VtepMAC", "")))
-    except ValueError:
-        log.warning("lease %s: BackendData has no valid VtepMAC; ignored", lease.key)
+def vxlan_peer(lease: Lease, half: Half = V4) -> VxlanPeer | None:
+    """The peer's VTEP for one half of its lease (IPv4: BackendData, PublicIP; IPv6:
+    BackendV6Data, PublicIPv6); None (logged) without a usable VtepMAC or that half."""
+    subnet, public_ip = half.subnet(lease), half.public_ip(lease.attrs)
+    if subnet is None or public_ip is None:
         return None
-    return VxlanPeer(lease.subnet, lease.attrs.public_ip, mac, peer_sort_key(lease.subnet))
+    data = "BackendV6Data" if half.v6 else "BackendData"
+    try:
+        raw = half.backend_data(lease.attrs)
+        obj = json.loads(raw) if raw else {}
+        mac = normalize_mac(str(obj.get("VtepMAC", "") if isinstance(obj, dict) else ""))
+    except ValueError:
+        log.warning("lease %s: %s has no valid VtepMAC; ignored", lease.key, data)
+        return None
+    return VxlanPeer(subnet, public_ip, mac, peer_sort_key(lease.subnet))
 
 
 def random_vtep_mac() -> str:
@@ -164,10 +175,16 @@ def plan_device(want: VxlanLink, observed: LinkInfo | None) -> list[Op]:
     return []
 
 
-def plan_address(own: Lease, device_index: int, observed: Sequence[Address]) -> list[Op]:
-    """``<subnet .0>/32`` on the device and no other address (all addresses on it are ours)."""
-    want = Address(device_index, own.subnet.network_address, 32)
-    return diff([want], [a for a in observed if a.ifindex == device_index], lambda _: True)
+def plan_address(own: Lease, device_index: int, observed: Sequence[Address],
+                 half: Half = V4) -> list[Op]:
+    """``<subnet .0>/32`` (IPv6: ``<subnet ::>/128``) on the device and no other address of
+    that family (all such addresses on it are ours; IPv6 link-local ones are the kernel's)."""
+    subnet = half.subnet(own)
+    assert subnet is not None
+    want = Address(device_index, subnet.network_address, half.host_prefix)
+    mine = [a for a in observed if a.ifindex == device_index and a.family == half.family
+            and not (half.v6 and a.address.is_link_local)]
+    return diff([want], mine, lambda _: True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +214,7 @@ def peer_specs(
     device_index: int,
     ext_index: int,
     direct_routing: bool,
-    on_link: frozenset[IPv4Address] | Mapping[IPv4Address, bool],
+    on_link: frozenset[IPAddress] | Mapping[IPAddress, bool],
     previous: Mapping[int, PeerSpec] | None = None,
 ) -> dict[int, PeerSpec]:
     """Specs by ``VxlanPeer.key``, sorted by subnet; an unchanged spec is the very object of
@@ -218,15 +235,17 @@ def peer_specs(
 
 
 def owned_by_vxlan(
-    own: Lease, device_index: int, ext_index: int, network: IPv4Network,
+    own: Lease, device_index: int, ext_index: int, network: IPNetwork,
     disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
+    subnet_len: int | None = None,
 ) -> Callable[[KernelObject], bool]:
     """Ours: every route on the vxlan device (flannel owns the device: a route to anything
     outside the Network there, e.g. from a hostile lease an older daemon accepted, is
     stale), and via a gateway on the external interface routes of lease-sized subnets of the
     Network (DirectRouting / an earlier host-gw run) or of a refused lease (``disowned``);
     permanent neighbours and fdb entries on the vxlan device."""
-    route_owned = route_owned_in(network, own.subnet.prefixlen, {ext_index})
+    route_owned = route_owned_in(
+        network, own.subnet.prefixlen if subnet_len is None else subnet_len, {ext_index})
 
     def owned(obj: KernelObject) -> bool:
         if isinstance(obj, Route):
@@ -252,7 +271,7 @@ def plan_peers(
     ext_index: int,
     network: IPv4Network,
     direct_routing: bool = False,
-    on_link: frozenset[IPv4Address] = frozenset(),
+    on_link: frozenset[IPAddress] = frozenset(),
 ) -> list[Op]:
     """The pure planner: ops turning ``observed`` into the entries ``peers`` need, deleting
     entries that are ours (see ``owned_by_vxlan``) and that no peer wants."""
@@ -261,10 +280,26 @@ def plan_peers(
     return diff(desired, observed, owned_by_vxlan(own, device_index, ext_index, network))
 
 
+VXLAN6_OVERHEAD = 70  # outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
+
+
+class VtepDevice:
+    """One VTEP: ``flannel.<VNI>`` over the IPv4 underlay, ``flannel-v6.<VNI>`` over the
+    IPv6 one.  Its MAC is kept once known, so a device deleted under a running daemon comes
+    back with the MAC our lease publishes."""
+
+    def __init__(self, half: Half, name: str, local: IPAddress) -> None:
+        self.half = half
+        self.name = name
+        self.local = local
+        self.mac: str | None = None
+        self.index = 0
+
+
 class VXLANBackend(Backend):
     """vxlan over the kernel VTEP; ``netlink`` lets tests and the bench run in a namespace.
-    The backend owns the device (and so the VTEP MAC, kept across device re-creation); each
-    ``VxlanNetwork`` owns the device address of its lease and the peers' entries."""
+    The backend owns the devices (one per half of the lease: IPv4, and IPv6 in dual stack);
+    each ``VxlanNetwork`` owns its half's device address and the peers' entries."""
 
     type_name: ClassVar[str] = "vxlan"
     peer_types: ClassVar[frozenset[str]] = frozenset({"vxlan"})
@@ -274,92 +309,156 @@ class VXLANBackend(Backend):
         self.options = parse_options(ctx.netconf.backend.options)
         self.netlink = netlink if netlink is not None else Netlink()
         self._owns_netlink = netlink is None
-        self.vtep_mac: str | None = None
-        self.device_index = 0
+        self.halves = halves(ctx.netconf)
+        self.devices: dict[Half, VtepDevice] = {}
+        for half in self.halves:
+            if half.v6:
+                if ctx.ext.address6 is None:
+                    raise ConfigError(
+                        f"vxlan: EnableIPv6 needs an IPv6 address on interface {ctx.ext.name} "
+                        "(the IPv6 VTEP's local address); it has none (or give --public-ipv6 "
+                        "and an interface with a global IPv6 address)")
+                self.devices[half] = VtepDevice(half, f"flannel-v6.{self.options.vni}",
+                                                ctx.ext.address6)
+            else:
+                self.devices[half] = VtepDevice(half, self.options.device_name, ctx.ext.address)
         self._device_lock = asyncio.Lock()
+
+    @property
+    def vtep_mac(self) -> str | None:
+        """The IPv4 VTEP's MAC (what BackendData publishes)."""
+        return self.devices[V4].mac if V4 in self.devices else None
+
+    @property
+    def device_index(self) -> int:
+        return self.devices[V4].index if V4 in self.devices else 0
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
         parse_options(options)
 
     def mtu(self) -> int:
-        return self.options.mtu or self.ctx.ext.mtu - VXLAN_OVERHEAD
+        """Pods' MTU: the IPv6 VTEP's when there is one (its outer header is 20 bytes
+        longer; Go writes external MTU - 50 for both, so IPv6 pod packets near the MTU do
+        not fit the IPv6 underlay), else the IPv4 VTEP's."""
+        if self.options.mtu:
+            return self.options.mtu
+        return self.device_mtu(V6 if V6 in self.devices else V4)
 
-    def _want_link(self, mac: str) -> VxlanLink:
+    def device_mtu(self, half: Half) -> int:
+        if self.options.mtu:
+            return self.options.mtu
+        return self.ctx.ext.mtu - (VXLAN6_OVERHEAD if half.v6 else VXLAN_OVERHEAD)
+
+    def _want_link(self, device: VtepDevice, mac: str) -> VxlanLink:
         return VxlanLink(
-            name=self.options.device_name, vni=self.options.vni, local=self.ctx.ext.address,
+            name=device.name, vni=self.options.vni, local=device.local,
             underlay_ifindex=self.ctx.ext.index, port=self.options.port, mac=mac,
-            mtu=self.mtu(), learning=self.options.learning, gbp=self.options.gbp)
+            mtu=self.device_mtu(device.half), learning=self.options.learning,
+            gbp=self.options.gbp)
 
-    async def ensure_device(self) -> tuple[int, bool]:
+    async def ensure_device(self, half: Half = V4) -> tuple[int, bool]:
         """(ops applied, device index changed); raises KernelError when it cannot be made."""
+        device = self.devices[half]
         async with self._device_lock:
-            name = self.options.device_name
-            observed = await self.netlink.link(name)
-            self.vtep_mac = choose_mac(self.vtep_mac, observed)
-            ops = plan_device(self._want_link(self.vtep_mac), observed)
-            _raise_failed(await self.netlink.apply(ops), f"vxlan device {name}")
-            current = await self.netlink.link(name)
+            observed = await self.netlink.link(device.name)
+            device.mac = choose_mac(device.mac, observed)
+            ops = plan_device(self._want_link(device, device.mac), observed)
+            _raise_failed(await self.netlink.apply(ops), f"vxlan device {device.name}")
+            current = await self.netlink.link(device.name)
             if current is None:
-                raise KernelError(f"vxlan device {name} vanished right after it was set up")
-            changed = current.index != self.device_index
-            self.device_index = current.index
+                raise KernelError(f"vxlan device {device.name} vanished right after it was set up")
+            changed = current.index != device.index
+            device.index = current.index
+            if half.v6 and ops and self.netlink.netns is None:
+                _no_router_advertisements(device.name)
             return len(ops), changed
 
     async def prepare(self) -> LeaseAttrs:
-        await self.ensure_device()
-        assert self.vtep_mac is not None
+        for half in self.halves:
+            await self.ensure_device(half)
+        data = {half: make_backend_data({"VNI": self.options.vni, "VtepMAC": device.mac})
+                for half, device in self.devices.items()}
+        ext = self.ctx.ext
         return LeaseAttrs(
-            public_ip=self.ctx.ext.public_ip,
+            public_ip=ext.public_ip,
             backend_type=self.type_name,
-            backend_data=make_backend_data({"VNI": self.options.vni, "VtepMAC": self.vtep_mac}),
+            backend_data=data.get(V4, ""),
+            public_ipv6=ext.public_ipv6 if V6 in data else None,
+            backend_v6_data=data.get(V6, ""),
         )
 
-    async def register_network(self, lease: Lease) -> VxlanNetwork:
-        network = VxlanNetwork(self, lease)
-        await network.set_address()
-        return network
+    async def register_network(self, lease: Lease) -> Network:
+        parts: list[Network] = []
+        for half in self.halves:
+            if half.subnet(lease) is None:
+                log.warning("lease %s has no %s half: %s peers are not programmed", lease.key,
+                            half.name, half.name)
+                continue
+            network = VxlanNetwork(self, lease, half)
+            await network.set_address()
+            parts.append(network)
+        if not parts:
+            raise ConfigError(f"lease {lease.key} has none of the enabled halves")
+        return parts[0] if len(parts) == 1 else StackedNetwork(parts)
 
     def device_name(self) -> str:
-        return self.options.device_name
+        return self.devices[self.halves[0]].name
 
     async def close(self) -> None:
-        """Leave the device and every entry in place; only drop our netlink sockets."""
+        """Leave the devices and every entry in place; only drop our netlink sockets."""
         if self._owns_netlink:
             await self.netlink.close()
 
 
-class VxlanNetwork(KernelNetwork[PeerSpec]):
-    """One lease's vxlan network: ``<subnet .0>/32`` on the device, three entries per peer
-    (or one direct route with DirectRouting)."""
+def _no_router_advertisements(device: str) -> None:
+    """``accept_ra=0`` on an IPv6 VTEP we just made (as Go does): a router advertisement
+    must not give it addresses or routes.  Only in the daemon's own namespace (the sysctl
+    file is the current namespace's)."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{device}/accept_ra", "w", encoding="ascii") as fh:
+            fh.write("0")
+    except OSError as exc:
+        log.warning("could not set accept_ra=0 on %s: %s", device, exc)
 
-    def __init__(self, backend: VXLANBackend, lease: Lease) -> None:
-        super().__init__(backend, lease, backend.netlink, log)
+
+class VxlanNetwork(KernelNetwork[PeerSpec]):
+    """One half of a lease's vxlan network: the half's subnet address on its device, three
+    entries per peer (or one direct route with DirectRouting)."""
+
+    def __init__(self, backend: VXLANBackend, lease: Lease, half: Half = V4) -> None:
+        super().__init__(backend, lease, backend.netlink, log, half)
         self.vxlan = backend
-        self._on_link: dict[IPv4Address, bool] = {}
+        self.device = backend.devices[half]
+        self._on_link: dict[IPAddress, bool] = {}
         self._owns = self._ownership()
 
     def _ownership(self) -> Callable[[KernelObject], bool]:
-        vx = self.vxlan
-        return owned_by_vxlan(self.lease, vx.device_index, vx.ctx.ext.index,
-                              vx.ctx.netconf.network, vx.disowned)
+        vx, half = self.vxlan, self.half
+        network = half.network(vx.ctx.netconf)
+        assert network is not None
+        return owned_by_vxlan(self.lease, self.device.index, vx.ctx.ext.index, network,
+                              vx.disowned if not half.v6 else frozenset(),
+                              subnet_len=half.subnet_len(vx.ctx.netconf))
 
     async def set_address(self) -> int:
         """The lease's address on the device, and no other; returns the ops it took."""
-        vx = self.vxlan
-        ops = plan_address(self.lease, vx.device_index, await self.netlink.addresses(vx.device_index))
-        _raise_failed(await self.netlink.apply(ops), f"address of {vx.options.device_name}")
+        dev = self.device
+        observed = await self.netlink.addresses(dev.index, family=self.half.family)
+        ops = plan_address(self.lease, dev.index, observed, self.half)
+        _raise_failed(await self.netlink.apply(ops), f"address of {dev.name}")
         return len(ops)
 
     async def retire(self) -> None:
         """The node moved to another subnet: its address goes (the next network's repair
         re-plans every peer against the kernel)."""
-        vx = self.vxlan
+        subnet = self.half.subnet(self.lease)
+        assert subnet is not None
         await self.netlink.apply(
-            [Delete(Address(vx.device_index, self.lease.subnet.network_address, 32))])
+            [Delete(Address(self.device.index, subnet.network_address, self.half.host_prefix))])
 
     async def before_repair(self) -> tuple[int, bool]:
-        device_ops, recreated = await self.vxlan.ensure_device()
+        device_ops, recreated = await self.vxlan.ensure_device(self.half)
         address_ops = await self.set_address()
         self._owns = self._ownership()  # the device index, the refused leases may have moved
         if recreated:
@@ -367,29 +466,30 @@ class VxlanNetwork(KernelNetwork[PeerSpec]):
         return device_ops + address_ops, recreated
 
     async def prefetch(self, leases: Sequence[Lease], full: bool) -> None:
-        """DirectRouting: whether each PublicIP is on-link (``ip route get``, no gateway)."""
+        """DirectRouting: whether each public address is on-link (``ip route get``, no
+        gateway)."""
         if not self.vxlan.options.direct_routing:
             return
-        ips = sorted({p.attrs.public_ip for p in leases
-                      if full or p.attrs.public_ip not in self._on_link})
+        half = self.half
+        wanted = {ip for p in leases if (ip := half.public_ip(p.attrs)) is not None}
+        ips = sorted((ip for ip in wanted if full or ip not in self._on_link), key=str)
         routes = await self.netlink.route_get(ips)
         for ip, route in zip(ips, routes, strict=True):
             self._on_link[ip] = route is not None and route.gateway is None
         if full:
-            wanted = {p.attrs.public_ip for p in leases}
             self._on_link = {ip: v for ip, v in self._on_link.items() if ip in wanted}
 
     def peer_spec(self, lease: Lease, previous: PeerSpec | None) -> PeerSpec | None:
-        vx = self.vxlan
-        peer = previous.peer if previous is not None else vxlan_peer(lease)
+        vx, dev = self.vxlan, self.device
+        peer = previous.peer if previous is not None else vxlan_peer(lease, self.half)
         if peer is None:
             return None
         direct = vx.options.direct_routing and self._on_link.get(peer.public_ip, False)
         if (previous is not None and previous.direct == direct
-                and previous.device_index == vx.device_index
+                and previous.device_index == dev.index
                 and previous.ext_index == vx.ctx.ext.index):
             return previous
-        return PeerSpec(peer, vx.device_index, vx.ctx.ext.index, direct)
+        return PeerSpec(peer, dev.index, vx.ctx.ext.index, direct)
 
     def peer_objects(self, spec: PeerSpec) -> tuple[KernelObject, ...]:
         return peer_objects(spec)
@@ -398,13 +498,13 @@ class VxlanNetwork(KernelNetwork[PeerSpec]):
         return self._owns(obj)
 
     async def observe(self) -> list[KernelObject]:
-        """Main-table routes on the device and the external interface, the device's
-        neighbours and fdb entries."""
-        vx = self.vxlan
-        ifindexes = (vx.device_index, vx.ctx.ext.index)
-        routes = [r for r in await self.netlink.routes() if r.ifindex in ifindexes]
-        neigh = await self.netlink.neighbours(vx.device_index)
-        fdb = await self.netlink.fdb(vx.device_index)
+        """Main-table routes of the half's family on the device and the external interface,
+        the device's neighbours and fdb entries."""
+        family, dev = self.half.family, self.device.index
+        ifindexes = (dev, self.vxlan.ctx.ext.index)
+        routes = [r for r in await self.netlink.routes(family=family) if r.ifindex in ifindexes]
+        neigh = await self.netlink.neighbours(dev, family=family)
+        fdb = await self.netlink.fdb(dev, family=family)
         return [*routes, *neigh, *fdb]
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from flanneld.backends.base import ExternalInterface
 from flanneld.config import DaemonConfig, build_config
@@ -36,7 +36,7 @@ def make_store(config: DaemonConfig, observer: object = None):  # type: ignore[n
     )
 
 
-async def resolve_interface(config: DaemonConfig) -> ExternalInterface:
+async def resolve_interface(config: DaemonConfig, ipv6: bool = False) -> ExternalInterface:
     from flanneld.iface import select_external_interface
     from flanneld.netlink import Netlink
 
@@ -47,6 +47,8 @@ async def resolve_interface(config: DaemonConfig) -> ExternalInterface:
             iface_regex=config.iface_regex,
             can_reach=IPv4Address(config.iface_can_reach) if config.iface_can_reach else None,
             public_ip=IPv4Address(config.public_ip) if config.public_ip else None,
+            ipv6=ipv6,
+            public_ipv6=IPv6Address(config.public_ipv6) if config.public_ipv6 else None,
         )
 
 

@@ -74,7 +74,8 @@ def has_net_admin() -> bool:
         pass
     return os.geteuid() == 0
 
-InterfaceResolver = Callable[[DaemonConfig], Awaitable[ExternalInterface]]
+# (config, whether the network has IPv6) -> the external interface.
+InterfaceResolver = Callable[[DaemonConfig, bool], Awaitable[ExternalInterface]]
 
 
 class Daemon:
@@ -114,7 +115,8 @@ class Daemon:
         self.book: LeaseBook | None = None
         self._pool_seen, self._pool_next = -1, 0.0
         self._tasks: list[asyncio.Task[Any]] = []
-        self.masq: MasqRules | None = None
+        # Masquerade/forward rules per family (IPv4, and IPv6 in dual stack).
+        self.masqs: dict[int, MasqRules] = {}
         self.exit_code = 0  # 1 when a task died; 0 after SIGTERM/SIGINT
         self.freeze_gc = freeze_gc
 
@@ -189,11 +191,14 @@ class Daemon:
 
     def _subnet_env(self) -> SubnetEnv:
         assert self.lease is not None and self.netconf is not None and self.backend is not None
+        v6 = self.netconf.enable_ipv6 and self.lease.ipv6_subnet is not None
         return SubnetEnv(
             network=self.netconf.network,
             subnet=self.lease.subnet,
             mtu=self.backend.mtu(),
             ipmasq=self.config.ip_masq,
+            ipv6_network=self.netconf.ipv6_network if v6 else None,
+            ipv6_subnet=self.lease.ipv6_subnet if v6 else None,
         )
 
     def _write_files(self) -> None:
@@ -251,41 +256,45 @@ class Daemon:
             if self._files_pending.is_set():
                 self._write_files()
 
-    def _masq_config(self) -> MasqConfig:
+    def _masq_configs(self) -> list[MasqConfig]:
+        """One config per family the lease has (the IPv6 one in dual stack)."""
         assert self.lease is not None and self.netconf is not None
-        return MasqConfig(
-            self.netconf.network, self.lease.subnet,
-            ip_masq=self.config.ip_masq, forward_rules=self.config.iptables_forward_rules,
-            random_fully=not self.config.ip_masq_fully_random_disable,
-        )
+        pairs: list[tuple[Any, Any]] = [(self.netconf.network, self.lease.subnet)]
+        if self.netconf.enable_ipv6 and self.lease.ipv6_subnet is not None:
+            pairs.append((self.netconf.ipv6_network, self.lease.ipv6_subnet))
+        return [MasqConfig(network, subnet, ip_masq=self.config.ip_masq,
+                           forward_rules=self.config.iptables_forward_rules,
+                           random_fully=not self.config.ip_masq_fully_random_disable)
+                for network, subnet in pairs]
 
     async def _program_masq(self) -> None:
         """Masquerade/forward rules for the current lease (a no-op when both are off)."""
-        cfg = self._masq_config()
-        if cfg.empty:
-            return
-        if self.masq is None:
-            assert self.netconf is not None
-            self.masq = make_masq_rules(cfg, backend=self.config.masq_mode,  # type: ignore[arg-type]
-                                        enable_nftables=self.netconf.enable_nftables)
-            await asyncio.to_thread(self.masq.apply)
-        else:
-            await asyncio.to_thread(self.masq.update, cfg)
-        log_event(log, "masquerade rules programmed", ip_masq=cfg.ip_masq,
-                  forward_rules=cfg.forward_rules)
+        for cfg in self._masq_configs():
+            if cfg.empty:
+                continue
+            masq = self.masqs.get(cfg.family)
+            if masq is None:
+                assert self.netconf is not None
+                masq = make_masq_rules(cfg, backend=self.config.masq_mode,  # type: ignore[arg-type]
+                                       enable_nftables=self.netconf.enable_nftables)
+                await asyncio.to_thread(masq.apply)
+                self.masqs[cfg.family] = masq
+            else:
+                await asyncio.to_thread(masq.update, cfg)
+            log_event(log, "masquerade rules programmed", family=f"IPv{cfg.family}",
+                      ip_masq=cfg.ip_masq, forward_rules=cfg.forward_rules)
 
     async def _keep_masq(self) -> None:
         """Repair the rules when someone else removed or changed them."""
         while True:
             await asyncio.sleep(self.config.iptables_resync)
-            if self.masq is None:
-                continue
-            try:
-                if await asyncio.to_thread(self.masq.ensure):
-                    self.metrics.drift_repaired(1, kind="masq_rules")
-                    log.warning("masquerade/forward rules were missing or changed; repaired")
-            except MasqError as exc:
-                log.error("checking masquerade rules failed: %s", exc)
+            for masq in self.masqs.values():
+                try:
+                    if await asyncio.to_thread(masq.ensure):
+                        self.metrics.drift_repaired(1, kind="masq_rules")
+                        log.warning("masquerade/forward rules were missing or changed; repaired")
+                except MasqError as exc:
+                    log.error("checking masquerade rules failed: %s", exc)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -332,10 +341,13 @@ class Daemon:
             raise StartupError(
                 f"the {btype} backend needs root or CAP_NET_ADMIN (netlink, firewall rules); "
                 f"running as uid {os.geteuid()} without it")
-        ext = await self._retry("choosing the external interface", lambda: self.resolve_interface(cfg),
+        ipv6 = self.netconf.enable_ipv6
+        ext = await self._retry("choosing the external interface",
+                                lambda: self.resolve_interface(cfg, ipv6),
                                 give_up_after=self.IFACE_WAIT)
         log_event(log, "using interface", iface=ext.name, address=ext.address,
-                  public_ip=ext.public_ip, mtu=ext.mtu, backend=btype)
+                  public_ip=ext.public_ip, mtu=ext.mtu, backend=btype,
+                  **({"address6": ext.address6, "public_ipv6": ext.public_ipv6} if ipv6 else {}))
         from flanneld.netlink import Netlink
 
         self.netlink = Netlink(on_outcomes=self.metrics.netlink_outcomes)
@@ -549,7 +561,7 @@ class Daemon:
             self._spawn(ConfigWatcher(self.store, config_key(self.config.etcd_prefix),
                                       self.netconf).run(), "config-watch")
             self._spawn(self._watch_store(), "store-health")
-            if self.masq is not None:
+            if self.masqs:
                 self._spawn(self._keep_masq(), "masq")
             log_event(log, "flanneld running", version=__version__,
                       subnet=self.lease.subnet if self.lease else "")

@@ -359,7 +359,10 @@ def unsupported_reason(netconf: NetworkConfig) -> str | None:
         return None
     if not netconf.enable_ipv4:
         return "IPv6-only networks are not supported yet"
-    return "dual stack (IPv4 + IPv6) is not supported yet"
+    if netconf.backend.type == "udp":
+        return ("the udp backend carries IPv4 only (as Go flannel's); use vxlan or host-gw "
+                "for a dual-stack network")
+    return None
 
 
 def json_syntax_error(exc: json.JSONDecodeError) -> str:

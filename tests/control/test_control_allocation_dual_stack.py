@@ -277,8 +277,8 @@ async def test_ipv6_only_configs_are_not_allocated() -> None:
 
 
 @pytest.mark.parametrize(("config", "reason"), [
-    (b'{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}',
-     "EnableIPv6: dual stack (IPv4 + IPv6) is not supported yet"),
+    (b'{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}',
+     "EnableIPv6: the udp backend carries IPv4 only (as Go flannel's); use vxlan or host-gw for a dual-stack network"),
     (b'{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}',
      "EnableIPv6: IPv6-only networks are not supported yet"),
 ])

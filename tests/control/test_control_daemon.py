@@ -30,7 +30,7 @@ register_backend("recording", "recording_backend:RecordingBackend")
 EXT = ExternalInterface("eth0", 2, IPv4Address("198.18.0.1"), IPv4Address("198.18.0.1"), 1500)
 
 
-async def fixed_interface(config: DaemonConfig) -> ExternalInterface:
+async def fixed_interface(config: DaemonConfig, ipv6: bool = False) -> ExternalInterface:
     return EXT
 
 
@@ -296,7 +296,7 @@ async def test_an_interface_that_never_appears_ends_start_up_non_zero(
     await admin.close()
     calls = [0]
 
-    async def missing(config: DaemonConfig) -> ExternalInterface:
+    async def missing(config: DaemonConfig, ipv6: bool = False) -> ExternalInterface:
         calls[0] += 1
         raise ConfigError("no interface matches --iface nosuch0")
 

@@ -132,13 +132,14 @@ def test_subnets_shows_rejected_leases_with_why(etcd_server: EtcdServer, etcd_pr
     assert next(line for line in table if line.startswith("10.5.7.0/24 ")).endswith(" ok")
 
 
-def test_config_set_refuses_dual_stack_naming_enable_ipv6(
+def test_config_set_refuses_dual_stack_on_udp_naming_enable_ipv6(
         etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> None:
     dual = tmp_path / "dual.yaml"
-    dual.write_text("Network: 10.5.0.0/16\nEnableIPv6: true\nIPv6Network: fc00::/48\n")
+    dual.write_text("Network: 10.5.0.0/16\nEnableIPv6: true\nIPv6Network: fc00::/48\n"
+                    "Backend: {Type: udp}\n")
     r = ctl(etcd_server, etcd_prefix, "config", "set", str(dual))
     assert r.returncode == 1 and r.stdout == "", r.stderr
-    assert "EnableIPv6: dual stack (IPv4 + IPv6) is not supported yet" in r.stderr
+    assert "EnableIPv6: the udp backend carries IPv4 only" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("Network: 10.5.0.0/16\nEnableIPv6: true\nIPv6Network: fc00::/48\nIPv6SubnetMin: 'fd00::'\n")
     r = ctl(etcd_server, etcd_prefix, "config", "set", str(bad))

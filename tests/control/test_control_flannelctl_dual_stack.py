@@ -93,8 +93,8 @@ BASE = {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"EnableIPv6": True, "IPv6Network": "fc00::/48"},
-         "network config: EnableIPv6: dual stack (IPv4 + IPv6) is not supported yet"),
+        ({"EnableIPv6": True, "IPv6Network": "fc00::/48", "Backend": {"Type": "udp"}},
+         "network config: EnableIPv6: the udp backend carries IPv4 only (as Go flannel's); use vxlan or host-gw for a dual-stack network"),
         ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00::/48"},
          "network config: EnableIPv6: IPv6-only networks are not supported yet"),
         ({"EnableIPv6": True, "IPv6Network": "fc00::/125"}, "network config: IPv6Network: fc00::/125 is too small"),

@@ -393,8 +393,9 @@ DOC_CASES = [
     ({"Network": "10.5.0.0/16", "SubnetMin": "10.5.9.0", "SubnetMax": "10.5.3.0"},
      "SubnetMin: 10.5.9.0 is above SubnetMax 10.5.3.0"),
     ({"Network": "10.5.0.0/16", "EnableIPv4": False}, "EnableIPv4: at least one of EnableIPv4/EnableIPv6 must be true"),
-    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48"},
-     "EnableIPv6: dual stack (IPv4 + IPv6) is not supported yet"),
+    ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48", "Backend": {"Type": "udp"}},
+     "EnableIPv6: the udp backend carries IPv4 only (as Go flannel's); use vxlan or host-gw for a "
+     "dual-stack network"),
     ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00::/48"},
      "EnableIPv6: IPv6-only networks are not supported yet"),
     ({"Network": "10.5.0.0/16", "EnableIPv6": True}, "IPv6Network: is required when EnableIPv6 is true, got None"),

@@ -21,7 +21,7 @@ from flanneld.backends.kernel_network import KernelNetwork
 from flanneld.backends.planner import Key
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netconfig import network_config_from_dict
-from flanneld.netops import Address, Delete, KernelObject, Op, OpResult, Outcome, Replace, Route
+from flanneld.netops import AF_INET, Address, Delete, KernelObject, Op, OpResult, Outcome, Replace, Route
 
 pytestmark = pytest.mark.unit
 
@@ -54,11 +54,11 @@ class MemoryKernel:
                 out.append(Outcome(op, OpResult.ALREADY_GONE if gone else OpResult.OK))
         return out
 
-    async def routes(self) -> list[Route]:
+    async def routes(self, family: int = AF_INET) -> list[Route]:
         await asyncio.sleep(0)
-        return [o for o in self.objects.values() if isinstance(o, Route)]
+        return [o for o in self.objects.values() if isinstance(o, Route) and o.family == family]
 
-    async def addresses(self, ifindex: int | None = None) -> list[Address]:
+    async def addresses(self, ifindex: int | None = None, family: int = AF_INET) -> list[Address]:
         return []
 
     def routes_by_dst(self) -> dict[IPv4Network, IPv4Address | None]:

@@ -212,8 +212,11 @@ def test_ipv6_only_parses_and_leaves_the_ipv4_fields_unchecked_as_go_does() -> N
 
 def test_unsupported_reason_is_the_one_place_that_refuses() -> None:
     assert unsupported_reason(parse_network_config('{"Network":"10.5.0.0/16"}')) is None
+    for btype in ("vxlan", "host-gw"):
+        assert unsupported_reason(parse_network_config(dual(Backend={"Type": btype}))) is None
+    # no Backend means udp (as Go), which carries IPv4 only
     assert unsupported_reason(parse_network_config(dual())) == (
-        "dual stack (IPv4 + IPv6) is not supported yet")
+        "the udp backend carries IPv4 only (as Go flannel's); use vxlan or host-gw for a dual-stack network")
     assert unsupported_reason(parse_network_config(
         '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}')) == (
         "IPv6-only networks are not supported yet")

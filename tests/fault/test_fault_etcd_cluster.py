@@ -32,7 +32,7 @@ PREFIX = "/coreos.com/network"
 EXT = ExternalInterface("eth0", 2, IPv4Address("198.18.0.1"), IPv4Address("198.18.0.1"), 1500)
 
 
-async def fixed_interface(config: DaemonConfig) -> ExternalInterface:
+async def fixed_interface(config: DaemonConfig, ipv6: bool = False) -> ExternalInterface:
     return EXT
 
 

@@ -79,3 +79,28 @@ def two_nodes(netns_factory: Callable[[str], str]) -> TwoNodes:
         sh("ip", "link", "set", link, "up", ns=ns)
         sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", ns=ns)
     return topo
+
+
+@dataclass(frozen=True)
+class DualNodes(TwoNodes):
+    ip6_1: str = "2001:db8:18::1"
+    ip6_2: str = "2001:db8:18::2"
+
+
+@pytest.fixture
+def dual_nodes(netns_factory: Callable[[str], str]) -> DualNodes:
+    """``two_nodes`` with an IPv6 underlay too: 2001:db8:18::1/64 and ::2/64 (documentation
+    range, only inside the two namespaces), DAD off so the addresses are usable at once."""
+    topo = DualNodes(netns_factory("n1"), netns_factory("n2"))
+    sh("ip", "link", "add", topo.link1, "netns", topo.n1, "type", "veth",
+       "peer", "name", topo.link2, "netns", topo.n2)
+    for ns, link, addr, addr6 in ((topo.n1, topo.link1, topo.ip1, topo.ip6_1),
+                                  (topo.n2, topo.link2, topo.ip2, topo.ip6_2)):
+        for knob in ("all", "default", link):
+            sh("sysctl", "-qw", f"net.ipv6.conf.{knob}.accept_dad=0", ns=ns)
+        sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", ns=ns)
+        sh("ip", "addr", "add", f"{addr}/24", "dev", link, ns=ns)
+        sh("ip", "-6", "addr", "add", f"{addr6}/64", "dev", link, "nodad", ns=ns)
+        sh("ip", "link", "set", link, "up", ns=ns)
+        sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", ns=ns)
+    return topo
