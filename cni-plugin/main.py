@@ -114,12 +114,16 @@ def _load_conf(stdin: bytes, command: str) -> netconf.NetConf:
     return netconf.parse(doc)
 
 
-def _subnet_env(conf: netconf.NetConf, unavailable_code: int) -> subnetenv.SubnetEnv:
+def _subnet_env(
+    conf: netconf.NetConf, unavailable_code: int, bad_code: int
+) -> subnetenv.SubnetEnv:
+    """subnet.env, or the CniError: `unavailable_code` while it is absent or incomplete,
+    `bad_code` when a value does not parse (msg as the reference's cmdAdd wraps it)."""
     try:
         return subnetenv.load(conf.subnet_file)
     except subnetenv.SubnetEnvError as exc:
-        code = unavailable_code if exc.incomplete else errors.BAD_SUBNET_FILE
-        raise CniError(code, f"loadFlannelSubnetEnv failed: {exc}") from None
+        code = unavailable_code if exc.incomplete else bad_code
+        raise CniError(code, f"loadFlannelSubnetEnv failed: {exc}", exc.details) from None
 
 
 def _ints(value: Any) -> Any:
@@ -154,7 +158,9 @@ def _saved(conf: netconf.NetConf, cid: str) -> tuple[bytes, dict[str, Any]] | No
 
 def cmd_add(conf: netconf.NetConf) -> bytes:
     cid = _env("CNI_CONTAINERID")
-    env = _subnet_env(conf, errors.TRY_AGAIN_LATER)
+    # A value that does not parse: this plugin's code 100 (docs/cni.md); the reference's is 999,
+    # libcni's skel code for any plain error, with the same msg.
+    env = _subnet_env(conf, errors.TRY_AGAIN_LATER, errors.BAD_SUBNET_FILE)
     delegate_conf = render.delegate_config(conf, env)
     wire = gojson.marshal(delegate_conf)
     delegate = invoke.Delegate(delegate_conf["type"], _env("CNI_PATH"))
@@ -265,7 +271,8 @@ def cmd_gc(conf: netconf.NetConf) -> bytes:
     try:
         env = subnetenv.load(conf.subnet_file)
     except subnetenv.SubnetEnvError as exc:
-        log(f"GC: not forwarded to the delegate ({exc})")
+        where = f"; {exc.details}" if exc.details else ""
+        log(f"GC: not forwarded to the delegate ({exc}{where})")
     else:
         delegate_conf = render.delegate_config(conf, env)
         delegate_conf["cni.dev/valid-attachments"] = attachments
@@ -280,7 +287,7 @@ def cmd_gc(conf: netconf.NetConf) -> bytes:
 
 
 def cmd_status(conf: netconf.NetConf) -> bytes:
-    env = _subnet_env(conf, errors.STATUS_NOT_AVAILABLE)
+    env = _subnet_env(conf, errors.STATUS_NOT_AVAILABLE, errors.BAD_SUBNET_FILE)
     if not _env("CNI_PATH"):
         return b""
     delegate_conf = render.delegate_config(conf, env)

@@ -4,7 +4,9 @@ Why its own module: both ADD (render the delegate config) and STATUS (is flannel
 it, and the parse rules are the reference's: last assignment wins, FLANNEL_NETWORK may be a
 comma-separated list (duplicates dropped), subnets are masked to their network, FLANNEL_IPMASQ
 is true only when it says exactly "true", and the file is refused if NETWORK, SUBNET, MTU or
-IPMASQ (IPv4 or IPv6 flavour) is missing.
+IPMASQ (IPv4 or IPv6 flavour) is missing. A value that does not parse fails with the reference's
+own text (Go's `invalid CIDR address: X`, `strconv.ParseUint: parsing "X": ...`, unprefixed, as
+flannel.go's loadFlannelSubnetEnv returns it); which file and variable go in `details`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from flanneld.cni import cidr
 
 
 class SubnetEnvError(Exception):
-    """`incomplete` is True when the file is absent or lacks a variable (flanneld not ready)."""
+    """`incomplete` is True when the file is absent or lacks a variable (flanneld not ready);
+    `details` names the file and variable of a value that does not parse."""
 
-    def __init__(self, msg: str, incomplete: bool) -> None:
+    def __init__(self, msg: str, incomplete: bool, details: str = "") -> None:
         super().__init__(msg)
         self.incomplete = incomplete
+        self.details = details
 
 
 class SubnetEnv:
@@ -75,13 +79,18 @@ def parse(text: str, filename: str) -> SubnetEnv:
             elif key == "FLANNEL_IPV6_SUBNET":
                 env.ip6_subnet = cidr.network(value)
             elif key == "FLANNEL_MTU":
-                if not (value.isdigit() and value.isascii()) or int(value) >= 1 << 32:
+                if not (value.isdigit() and value.isascii()):
                     raise ValueError(f'strconv.ParseUint: parsing "{value}": invalid syntax')
+                digits = value.lstrip("0")
+                if len(digits) > 10 or int(digits or "0") >= 1 << 32:
+                    raise ValueError(f'strconv.ParseUint: parsing "{value}": value out of range')
                 env.mtu = int(value)
             else:
                 env.ipmasq = value == "true"
         except ValueError as exc:
-            raise SubnetEnvError(f"{filename}: {key}: {exc}", incomplete=False) from None
+            raise SubnetEnvError(
+                str(exc), incomplete=False, details=f"{filename}: {key}"
+            ) from None
     missing = env.missing()
     if missing:
         raise SubnetEnvError(f"{filename} is missing {', '.join(missing)}", incomplete=True)

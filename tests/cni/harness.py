@@ -9,6 +9,7 @@ dataDir, host-local's dataDir) lives in the test's tmp_path.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -126,7 +127,15 @@ class Node:
         return json.loads(out.stdout or b"[]")
 
     def host_local_ips(self, network: str = "cbr0") -> set[str]:
+        """host-local's reservations: one file per address (IPv4 or IPv6) in its data dir."""
         directory = self.ipam_dir / network
         if not directory.exists():
             return set()
-        return {p.name for p in directory.iterdir() if p.name[0].isdigit()}
+        out: set[str] = set()
+        for p in directory.iterdir():
+            try:
+                ipaddress.ip_address(p.name)
+            except ValueError:
+                continue  # lock, last_reserved_ip.<range set>
+            out.add(p.name)
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import stat
@@ -125,6 +126,139 @@ def test_failed_delegate_add_is_deleted(node: Node) -> None:
     assert "already exists" in res.json["msg"]
     assert not (node.data_dir / "c2").exists()
     assert node.host_local_ips() == {"10.244.1.2"}  # c2's address was given back
+
+
+DUAL_STACK_ENV = (
+    "FLANNEL_NETWORK=10.244.0.0/16\n"
+    "FLANNEL_SUBNET=10.244.1.1/24\n"
+    "FLANNEL_IPV6_NETWORK=fd10:244::/56\n"
+    "FLANNEL_IPV6_SUBNET=fd10:244:0:1::1/64\n"
+    "FLANNEL_MTU=1450\n"
+    "FLANNEL_IPMASQ=true\n"
+)
+IPV6_ONLY_ENV = (
+    "FLANNEL_IPV6_NETWORK=fd10:244::/56\n"
+    "FLANNEL_IPV6_SUBNET=fd10:244:0:1::1/64\n"
+    "FLANNEL_MTU=1450\n"
+    "FLANNEL_IPMASQ=true\n"
+)
+
+
+def _global_addrs(node: Node, pod: str, ifname: str = "eth0") -> set[str]:
+    """Global-scope addresses (both families) on `ifname` in the pod; empty if it is gone."""
+    return {
+        f"{a['local']}/{a['prefixlen']}"
+        for link in node.in_pod(pod, "addr", "show") if link["ifname"] == ifname
+        for a in link["addr_info"] if a.get("scope") == "global"
+    }
+
+
+def _routes(node: Node, pod: str, family: int) -> set[tuple[str, str | None]]:
+    return {(r["dst"], r.get("gateway")) for r in node.in_pod(pod, f"-{family}", "route", "show")}
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.1.0"])
+def test_dual_stack_add_check_del(node: Node, version: str) -> None:
+    """FLANNEL_IPV6_SUBNET in subnet.env: the pod gets an address from each subnet via bridge +
+    host-local, both networks are routed via the bridge's gateways, the saved state is the
+    reference's delegate config (both range sets, IPv4 first; both routes), CHECK covers the
+    IPv6 side, DEL gives both addresses back and is idempotent. 0.4.0 carries ips[].version;
+    1.1.0 is delegated as 1.0.0 (Debian's bridge) and converted up."""
+    node.subnet_file.write_text(DUAL_STACK_ENV)
+    pod = node.pod()
+    conf = node.netconf(version)
+    add = node.call("ADD", conf, "ds1", pod)
+    assert add.rc == 0, add
+    result = add.json
+    assert result["cniVersion"] == version
+    legacy = version == "0.4.0"
+
+    def tag(v: str) -> dict[str, str]:
+        return {"version": v} if legacy else {}
+
+    assert result["ips"] == [
+        {**tag("4"), "interface": 2, "address": "10.244.1.2/24", "gateway": "10.244.1.1"},
+        {**tag("6"), "interface": 2, "address": "fd10:244:0:1::2/64",
+         "gateway": "fd10:244:0:1::1"},
+    ]
+    assert {"dst": "10.244.0.0/16"} in result["routes"]
+    assert {"dst": "fd10:244::/56"} in result["routes"]
+    # The pod: one address in FLANNEL_SUBNET, one in FLANNEL_IPV6_SUBNET, both networks routed.
+    addrs = _global_addrs(node, pod)
+    assert addrs == {"10.244.1.2/24", "fd10:244:0:1::2/64"}
+    subnets = {ipaddress.ip_network("10.244.1.0/24"), ipaddress.ip_network("fd10:244:0:1::/64")}
+    assert {ipaddress.ip_interface(a).network for a in addrs} == subnets
+    assert ("10.244.0.0/16", "10.244.1.1") in _routes(node, pod, 4)
+    assert ("fd10:244::/56", "fd10:244:0:1::1") in _routes(node, pod, 6)
+    # The saved state is the reference plugin's delegate config, byte for byte.
+    golden = (GOLDEN / "state-add-dualstack.json").read_bytes()
+    golden = golden.replace(b"@IPAM_DIR@", str(node.ipam_dir).encode())
+    assert (node.data_dir / "ds1").read_bytes() == golden.replace(
+        b"@CNI_VERSION@", version.encode())
+    assert node.host_local_ips() == {"10.244.1.2", "fd10:244:0:1::2"}
+    conf["prevResult"] = result
+    ok = node.call("CHECK", conf, "ds1", pod)
+    assert ok.rc == 0 and ok.stdout == b"", ok
+    subprocess.run(["ip", "-n", pod, "-6", "route", "del", "fd10:244::/56"], check=True)
+    bad = node.call("CHECK", conf, "ds1", pod)
+    assert bad.rc != 0 and bad.json["code"] == 102, bad
+    assert "fd10:244::/56" in bad.json["details"]
+    dele = node.call("DEL", conf, "ds1", pod)
+    assert dele.rc == 0 and dele.stdout == b"", dele
+    assert _global_addrs(node, pod) == set()
+    assert not (node.data_dir / "ds1").exists()
+    assert node.host_local_ips() == set()  # host-local released both
+    again = node.call("DEL", conf, "ds1", pod)
+    assert again.rc == 0 and again.stdout == b"", again
+    assert node.host_local_ips() == set()
+
+
+def test_ipv6_only_add_check_del(node: Node) -> None:
+    """subnet.env with only the IPV6 variables (flannel.go missing() accepts either family):
+    one range set, one route, an IPv6-only pod."""
+    node.subnet_file.write_text(IPV6_ONLY_ENV)
+    pod = node.pod()
+    conf = node.netconf("1.0.0")
+    add = node.call("ADD", conf, "v6", pod)
+    assert add.rc == 0, add
+    assert add.json["ips"] == [
+        {"interface": 2, "address": "fd10:244:0:1::2/64", "gateway": "fd10:244:0:1::1"}
+    ]
+    assert _global_addrs(node, pod) == {"fd10:244:0:1::2/64"}
+    assert ("fd10:244::/56", "fd10:244:0:1::1") in _routes(node, pod, 6)
+    assert _routes(node, pod, 4) == set()
+    saved = json.loads((node.data_dir / "v6").read_bytes())
+    assert saved["ipam"]["ranges"] == [[{"subnet": "fd10:244:0:1::/64"}]]
+    assert saved["ipam"]["routes"] == [{"dst": "fd10:244::/56"}]
+    conf["prevResult"] = add.json
+    ok = node.call("CHECK", conf, "v6", pod)
+    assert ok.rc == 0, ok
+    assert node.call("DEL", conf, "v6", pod).rc == 0
+    assert node.host_local_ips() == set()
+    assert _global_addrs(node, pod) == set()
+
+
+@pytest.mark.parametrize("value", ["fd10:244:0:1::zz/64", "fd10:244:0:1::1/129", "fd10:244:0:1::1"])
+def test_invalid_ipv6_subnet_is_a_clean_cni_error(node: Node, value: str) -> None:
+    """The reference's cmdAdd returns `loadFlannelSubnetEnv failed: ` + net.ParseCIDR's error
+    (flannel.go L176-180, L286-289), which libcni's skel (checkVersionAndCall) turns into
+    code 999 with that msg (ours: 100, docs/cni.md). Same here, plus details naming the file and variable; nothing
+    is saved or allocated, stdout is the error JSON, stderr one line, no traceback."""
+    node.subnet_file.write_text(DUAL_STACK_ENV.replace("fd10:244:0:1::1/64", value))
+    pod = node.pod()
+    res = node.call("ADD", node.netconf("1.0.0"), "bad6", pod)
+    assert res.rc == 1, res
+    assert res.json == {
+        "cniVersion": "1.0.0",
+        "code": 100,
+        "msg": f"loadFlannelSubnetEnv failed: invalid CIDR address: {value}",
+        "details": f"{node.subnet_file}: FLANNEL_IPV6_SUBNET",
+    }
+    assert "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 1, res
+    assert not (node.data_dir / "bad6").exists()
+    assert node.host_local_ips() == set()
+    assert node.in_pod(pod, "link", "show", "dev", "lo")  # the pod is there, untouched
+    assert _global_addrs(node, pod) == set()
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -66,6 +66,141 @@ def test_ipam_routes_reencoded_and_networks_appended() -> None:
     assert out["runtimeConfig"] == {"portMappings": []}
 
 
+DUAL_STACK_ENV = (
+    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
+    "FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_IPV6_SUBNET=fd10:244:0:1::1/64\n"
+    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+)
+IPV6_ONLY_ENV = (
+    "FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_IPV6_SUBNET=fd10:244:0:1::1/64\n"
+    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("env_text", "golden"),
+    [(DUAL_STACK_ENV, "delegate-kube-flannel-dualstack.json"),
+     (IPV6_ONLY_ENV, "delegate-kube-flannel-ipv6only.json")],
+)
+def test_dual_stack_and_ipv6_only_delegate_configs_are_the_reference_bytes(
+    env_text: str, golden: str
+) -> None:
+    """kube-flannel's netconf with a dual-stack / IPv6-only subnet.env, byte for byte.
+
+    The golden files were written from the reference's Go code (flannel-io/cni-plugin,
+    flannel.go @088da1a9, flannel_linux.go @6f13a99d), not from this implementation:
+    * subnet.env: flannel.go L144-155 / L163-174 FLANNEL_NETWORK / FLANNEL_IPV6_NETWORK, each a
+      comma list of net.ParseCIDR networks (masked: fd10:244::/56); L157-161 / L176-180
+      FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, `_, se.ip6Sn, err = net.ParseCIDR(parts[1])`, so the
+      masked network (10.244.1.1/24 -> 10.244.1.0/24, fd10:244:0:1::1/64 -> fd10:244:0:1::/64);
+      L72-88 missing(): either family's NETWORK and SUBNET suffice, so IPv6-only is accepted.
+    * `name` "cbr0": flannel_linux.go L85; `type` "bridge" (absent in the delegate): L87-89;
+      `ipMasq` false = !FLANNEL_IPMASQ(true): L91-95; `mtu` 1450 = FLANNEL_MTU: L97-100;
+      `isGateway` true because type is bridge: L102-106; `cniVersion` "0.3.1" copied: L107-109;
+      `hairpinMode` and `isDefaultGateway` are kube-flannel's delegate keys, kept as given
+      (flannel.go L291-303 only refuses name/ipam and a non-string type).
+    * `ipam`: flannel_linux.go L35-42 (no netconf ipam -> {} with type host-local);
+      `ranges`: L46-51 the IPv4 subnet first, L53-58 the IPv6 subnet second, each its own
+      range set [[{"subnet": ...}]], only for the subnets present (IPv6-only: one range set);
+      `routes`: L62 the netconf's ipam routes (none), L67-71 every FLANNEL_NETWORK, then L73-77
+      every FLANNEL_IPV6_NETWORK, as types.Route{Dst} (`{"dst": ...}`, no gw).
+    * Bytes: flannel.go L251 json.Marshal of the map (keys sorted, no spaces, no newline), the
+      same bytes saved as state (L259) and sent to the delegate (L263).
+    """
+    assert _render(KUBE_FLANNEL_NETCONF, env_text) == (GOLDEN / golden).read_bytes()
+
+
+_REF_IPAM_ROUTES = [{"dst": "10.96.0.0/12"}, {"dst": "192.168.244.0/24", "gw": "10.1.17.20"}]
+_REF_IPV6_ENV = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\n" \
+    "FLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"
+_REF_DUAL_ENV = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\n" + _REF_IPV6_ENV
+
+
+@pytest.mark.parametrize(
+    ("env_text", "ipam", "expected"),
+    [
+        # "uses dataDir for storing network configuration with ipv6 stack"
+        (_REF_IPV6_ENV, None, {
+            "ipMasq": False, "isGateway": True, "mtu": 1472, "name": "cni-flannel",
+            "type": "bridge", "ipam": {"routes": [{"dst": "fc00::/48"}],
+                                       "ranges": [[{"subnet": "fc00::/64"}]],
+                                       "type": "host-local"}}),
+        # "uses dataDir for storing network configuration with dual stack"
+        (_REF_DUAL_ENV, None, {
+            "ipMasq": False, "isGateway": True, "mtu": 1472, "name": "cni-flannel",
+            "type": "bridge", "ipam": {"routes": [{"dst": "10.1.0.0/16"}, {"dst": "fc00::/48"}],
+                                       "ranges": [[{"subnet": "10.1.17.0/24"}],
+                                                  [{"subnet": "fc00::/64"}]],
+                                       "type": "host-local"}}),
+        # "configures Delegate IPAM accordingly with dual stack" (input IPAM with routes)
+        (_REF_DUAL_ENV,
+         {"type": "my-ipam", "unknown-param": "unknown-value", "routes": _REF_IPAM_ROUTES},
+         {"ipMasq": False, "isGateway": True, "mtu": 1472, "name": "cni-flannel",
+          "type": "bridge", "ipam": {
+              "type": "my-ipam", "unknown-param": "unknown-value",
+              "routes": [*_REF_IPAM_ROUTES, {"dst": "10.1.0.0/16"}, {"dst": "fc00::/48"}],
+              "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]]}}),
+        # "configures Delegate IPAM with 'host-local' ipam with ipv6 stack" (no ipam type)
+        (_REF_IPV6_ENV, {"routes": _REF_IPAM_ROUTES},
+         {"ipMasq": False, "isGateway": True, "mtu": 1472, "name": "cni-flannel",
+          "type": "bridge", "ipam": {
+              "type": "host-local", "routes": [*_REF_IPAM_ROUTES, {"dst": "fc00::/48"}],
+              "ranges": [[{"subnet": "fc00::/64"}]]}}),
+    ],
+)
+def test_reference_test_vectors_ipv6_and_dual_stack(
+    env_text: str, ipam: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    """The reference's own expectations (flannel_linux_test.go @04854dff, the MatchJSON cases
+    named above, netconf {"name": "cni-flannel", "type": "flannel"} with no cniVersion): JSON-equal,
+    as MatchJSON compares. The last two are its getDelegateIPAM cases, here seen inside the
+    whole delegate config: the netconf's ipam routes come first (flannel_linux.go L62), then the
+    IPv4 networks, then the IPv6 ones (L67-77); unknown ipam keys are kept."""
+    conf: dict[str, Any] = {"name": "cni-flannel", "type": "flannel"}
+    if ipam is not None:
+        conf["ipam"] = ipam
+    assert json.loads(_render(conf, env_text)) == expected
+
+
+def test_ipv6_printed_as_go_prints_it() -> None:
+    """Go's IP.String / IPNet.String, not glibc's inet_ntop (which writes ::0.1.0.0 and
+    ::ffff:10.1.2.0): netip's appendTo6 writes RFC 5952 hex (first longest zero run), an
+    IPv4-mapped network prints as IPv4 with the mask's last 32 bits (networkNumberAndMask)."""
+    env = subnetenv.parse(
+        "FLANNEL_IPV6_NETWORK=::1:2/112,1:0:0:0:1::/128,::FFFF:10.1.2.3/120\n"
+        "FLANNEL_IPV6_SUBNET=0:0:1:0:0:1:0:0/96\nFLANNEL_MTU=1\nFLANNEL_IPMASQ=false\n", "f")
+    assert env.ip6_networks == ["::1:0/112", "1::1:0:0:0/128", "10.1.2.0/24"]
+    assert env.ip6_subnet == "::1:0:0:1:0:0/96"
+    conf = dict(KUBE_FLANNEL_NETCONF, ipam={"routes": [
+        {"dst": "::1.2.3.4/126", "gw": "::ffff:10.0.0.1"}, {"dst": "::ffff:10.1.2.3/64"}]})
+    routes = json.loads(_render(conf, DUAL_STACK_ENV))["ipam"]["routes"]
+    # types.Route keeps dst unmasked (types.ParseIPNet sets ipn.IP = ip); gw is net.IP.String.
+    assert routes[:2] == [{"dst": "::102:304/126", "gw": "10.0.0.1"}, {"dst": "10.1.2.3/0"}]
+
+
+@pytest.mark.parametrize(
+    ("line", "msg"),
+    [
+        ("FLANNEL_IPV6_SUBNET=fd10:244:0:1::zz/64", "invalid CIDR address: fd10:244:0:1::zz/64"),
+        ("FLANNEL_IPV6_SUBNET=fd10:244:0:1::1/129", "invalid CIDR address: fd10:244:0:1::1/129"),
+        ("FLANNEL_IPV6_SUBNET=fd10:244:0:1::1", "invalid CIDR address: fd10:244:0:1::1"),
+        ("FLANNEL_IPV6_SUBNET=fe80::1%eth0/64", "invalid CIDR address: fe80::1%eth0/64"),
+        ("FLANNEL_IPV6_SUBNET=", "invalid CIDR address: "),
+        ("FLANNEL_IPV6_NETWORK=fd10:244::/56,x", "invalid CIDR address: x"),
+        ("FLANNEL_MTU=4294967296", 'strconv.ParseUint: parsing "4294967296": value out of range'),
+        ("FLANNEL_MTU=1e3", 'strconv.ParseUint: parsing "1e3": invalid syntax'),
+    ],
+)
+def test_bad_subnet_env_value_has_the_reference_text(line: str, msg: str) -> None:
+    """flannel.go L176-180 returns net.ParseCIDR's error as is ("invalid CIDR address: " + s,
+    Go's net.ParseError), L182-186 strconv.ParseUint's; which file and key goes in details."""
+    with pytest.raises(subnetenv.SubnetEnvError) as err:
+        subnetenv.parse(DUAL_STACK_ENV + line + "\n", "/run/flannel/subnet.env")
+    assert str(err.value) == msg
+    assert err.value.details == f"/run/flannel/subnet.env: {line.partition('=')[0]}"
+    assert not err.value.incomplete
+
+
 @pytest.mark.parametrize(
     "delegate", [{"name": "x"}, {"ipam": {}}, {"type": 3}, {"type": None}]
 )
