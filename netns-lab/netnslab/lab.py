@@ -5,6 +5,12 @@ every node (in parallel), wait for each subnet.env, attach pods, then wait until
 has a kernel route covering every other node's subnet.  ``down`` trusts nothing but names:
 it kills recorded pids (if they are still the processes we started), then every process left
 in a namespace matching the lab's pattern, then deletes those namespaces and the state dir.
+
+``--dual-stack`` (``UpOptions.dual_stack``): the underlay carries IPv6 as well (node i
+2001:db8:18::<i>/64, DAD off, IPv6 forwarding on), the etcd config gets ``"EnableIPv6": true,
+"IPv6Network": "fd10:244::/56"``, pods get an IPv4 and an IPv6 address, convergence waits for
+the IPv6 routes as well, and ping-all / status cover both families.  Recorded in lab.json
+(``dual_stack``, ``ipv6_network``) so later commands (add-node, ping-all, status) know.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from netnslab import daemon, etcd, pods, underlay
-from netnslab.names import MAX_NODES, LabNames, node_address
+from netnslab.names import DEFAULT_IPV6_NETWORK, MAX_NODES, LabNames, node_address, node_address6
 from netnslab.proc import (
     CommandError,
     ProcRef,
@@ -34,6 +40,7 @@ from netnslab.proc import (
 from netnslab.state import LabState, NodeState, PodState, read_subnet_env, state_dir
 
 BACKENDS = ("vxlan", "host-gw", "udp")
+DUAL_STACK_BACKENDS = ("vxlan", "host-gw")
 
 
 class LabError(RuntimeError):
@@ -55,6 +62,11 @@ class UpOptions:
     config: str = ""  # raw network config JSON (overrides network/backend)
     flanneld_args: tuple[str, ...] = ()
     timeout: float = 30.0
+    dual_stack: bool = False  # IPv6 on the underlay, EnableIPv6 in the config, pods dual-stack
+    ipv6_network: str = DEFAULT_IPV6_NETWORK  # the config's IPv6Network (with dual_stack)
+    # False (hidden CLI flag --no-ipv6-config): dual-stack underlay, but the config written to
+    # etcd stays IPv4-only (to check the lab itself with a daemon that lacks IPv6).
+    ipv6_config: bool = True
 
 
 def exists(name: str) -> bool:
@@ -73,9 +85,26 @@ def network_config(opts: UpOptions) -> str:
     if opts.config:
         json.loads(opts.config)  # fail early on bad JSON
         return opts.config
-    return json.dumps(
-        {"Network": opts.network, "Backend": {"Type": opts.backend}}, separators=(",", ":")
-    )
+    conf: dict[str, Any] = {"Network": opts.network}
+    if opts.dual_stack and opts.ipv6_config:
+        conf["EnableIPv6"] = True
+        conf["IPv6Network"] = opts.ipv6_network
+    conf["Backend"] = {"Type": opts.backend}
+    return json.dumps(conf, separators=(",", ":"))
+
+
+def config_ipv6_network(conf: str) -> str:
+    """The IPv6Network of a network config with EnableIPv6 ("" if none)."""
+    try:
+        obj = json.loads(conf)
+    except ValueError:
+        return ""
+    if not isinstance(obj, dict):
+        return ""
+    fields = {str(k).lower(): v for k, v in obj.items()}
+    if fields.get("enableipv6") is not True or not isinstance(fields.get("ipv6network"), str):
+        return ""
+    return str(fields["ipv6network"])
 
 
 def up(name: str, opts: UpOptions) -> LabState:
@@ -85,7 +114,16 @@ def up(name: str, opts: UpOptions) -> LabState:
         raise LabError(f"--nodes must be 1..{MAX_NODES}")
     if exists(name):
         raise LabExists(f"lab {name!r} already exists: run `lab --name {name} down` first")
+    if opts.dual_stack:  # after the exists check: a failed up tears the (new) lab down
+        if opts.backend not in DUAL_STACK_BACKENDS and opts.ipv6_config and not opts.config:
+            raise LabError(f"--dual-stack: backend {opts.backend} has no IPv6 "
+                           f"(one of {', '.join(DUAL_STACK_BACKENDS)})")
+        try:
+            IPv6Network(opts.ipv6_network)
+        except ValueError as exc:
+            raise LabError(f"--ipv6-network: {exc}") from None
     t0 = time.monotonic()
+    conf = network_config(opts)
     attach = opts.attach
     if attach == "auto":
         attach = "cni" if pods.cni_available() else "bridge"
@@ -98,15 +136,17 @@ def up(name: str, opts: UpOptions) -> LabState:
         attach=attach,
         pods_per_node=opts.pods_per_node,
         flanneld_args=list(opts.flanneld_args),
+        dual_stack=opts.dual_stack,
+        ipv6_network=config_ipv6_network(conf) if opts.dual_stack else "",
     )
     names = lab.names
     lab.dir.mkdir(parents=True, exist_ok=True)
     lab.save()
-    progress(f"underlay {names.underlay_ns} with bridge {names.bridge}")
-    underlay.create_underlay(names)
+    dual = " (dual stack)" if opts.dual_stack else ""
+    progress(f"underlay {names.underlay_ns} with bridge {names.bridge}{dual}")
+    underlay.create_underlay(names, opts.dual_stack)
     ref = etcd.start_etcd(names, lab.dir)
     etcd.wait_healthy(names, ref)
-    conf = network_config(opts)
     etcd.etcdctl(names, "put", etcd.CONFIG_KEY, conf)
     progress(f"etcd on {names.etcd_endpoint}, config {conf}")
     for i in range(1, opts.nodes + 1):
@@ -123,17 +163,23 @@ def up(name: str, opts: UpOptions) -> LabState:
 
 
 def _create_node(lab: LabState, i: int) -> None:
-    underlay.create_node(lab.names, i)
+    underlay.create_node(lab.names, i, lab.dual_stack)
     lab.node_dir(i).mkdir(parents=True, exist_ok=True)
     lab.nodes[i] = NodeState(index=i)
-    progress(f"node {lab.names.node_ns(i)} {node_address(i)}")
+    six = f" {node_address6(i)}" if lab.dual_stack else ""
+    progress(f"node {lab.names.node_ns(i)} {node_address(i)}{six}")
 
 
 def _synthetic_subnet_env(lab: LabState, i: int) -> None:
     net = IPv4Network(lab.network)
     sub = list(net.subnets(new_prefix=24))[i]
+    six = ""
+    if lab.ipv6_network:
+        net6 = IPv6Network(lab.ipv6_network)
+        sub6 = next(s for k, s in enumerate(net6.subnets(new_prefix=64)) if k == i)
+        six = f"FLANNEL_IPV6_NETWORK={net6}\nFLANNEL_IPV6_SUBNET={sub6.network_address + 1}/64\n"
     lab.subnet_file(i).write_text(
-        f"FLANNEL_NETWORK={net}\nFLANNEL_SUBNET={sub.network_address + 1}/24\n"
+        f"FLANNEL_NETWORK={net}\nFLANNEL_SUBNET={sub.network_address + 1}/24\n{six}"
         "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
     )
 
@@ -151,7 +197,8 @@ def _start_daemons(lab: LabState, nodes: list[int], opts: UpOptions) -> None:
     for i, ref in refs.items():
         daemon.wait_subnet_file(lab, i, ref, opts.timeout, since)
         env = read_subnet_env(lab.subnet_file(i))
-        progress(f"n{i}: {env.get('FLANNEL_SUBNET', '?')} mtu {env.get('FLANNEL_MTU', '?')}")
+        six = f" {env.get('FLANNEL_IPV6_SUBNET', '(no IPv6 subnet)')}" if lab.dual_stack else ""
+        progress(f"n{i}: {env.get('FLANNEL_SUBNET', '?')}{six} mtu {env.get('FLANNEL_MTU', '?')}")
 
 
 def _attach_pods(lab: LabState, i: int, count: int, fallback: bool) -> None:
@@ -167,7 +214,8 @@ def _attach_pods(lab: LabState, i: int, count: int, fallback: bool) -> None:
             underlay.delete_netns(lab.names.pod_ns(i, j))
             pod = pods.add_pod(lab, i, j, lab.attach)
         node.pods.append(pod)
-        progress(f"pod {pod.name} {pod.address} ({lab.attach})")
+        six = f" {pod.address6 or '(no IPv6)'}" if lab.dual_stack else ""
+        progress(f"pod {pod.name} {pod.address}{six} ({lab.attach})")
 
 
 def add_node(name: str, opts: UpOptions, converge: bool = True) -> int:
@@ -254,8 +302,8 @@ def _check_node(lab: LabState, node: int) -> None:
 # ---------------------------------------------------------------- convergence
 
 
-def routes(ns: str) -> list[dict[str, Any]]:
-    res = run(["ip", "-n", ns, "-4", "-j", "route", "show"], check=False)
+def routes(ns: str, family: int = 4) -> list[dict[str, Any]]:
+    res = run(["ip", "-n", ns, f"-{family}", "-j", "route", "show"], check=False)
     try:
         out: list[dict[str, Any]] = json.loads(res.stdout or "[]")
     except ValueError:
@@ -263,16 +311,16 @@ def routes(ns: str) -> list[dict[str, Any]]:
     return out
 
 
-def covered(subnet: IPv4Network, table: list[dict[str, Any]]) -> bool:
+def covered(subnet: IPv4Network | IPv6Network, table: list[dict[str, Any]]) -> bool:
     for r in table:
         dst = r.get("dst", "")
         if dst in ("", "default") or r.get("dev") == "cni0":
             continue
         try:
-            net = IPv4Network(dst if "/" in dst else f"{dst}/32")
+            net = ip_network(dst if "/" in dst else f"{dst}/{subnet.max_prefixlen}")
         except ValueError:
             continue
-        if subnet.subnet_of(net):
+        if net.version == subnet.version and subnet.subnet_of(net):  # type: ignore[arg-type]
             return True
     return False
 
@@ -286,20 +334,44 @@ def lease_subnets(lab: LabState) -> list[IPv4Network]:
     return out
 
 
+def lease_subnets6(lab: LabState) -> list[IPv6Network]:
+    """The IPv6 halves of the lease keys (``a.b.c.d-len&<ipv6>-len``), for dual-stack leases."""
+    out = []
+    for key in etcd.leases(lab.names):
+        _, amp, part = key.rsplit("/", 1)[-1].partition("&")
+        if amp:
+            addr, _, plen = part.rpartition("-")
+            out.append(IPv6Network(f"{addr}/{plen}"))
+    return out
+
+
 def own_subnet(lab: LabState, node: int) -> IPv4Network | None:
     env = read_subnet_env(lab.subnet_file(node))
     return IPv4Network(env["FLANNEL_SUBNET"], strict=False) if "FLANNEL_SUBNET" in env else None
 
 
-def missing_routes(lab: LabState) -> dict[int, list[IPv4Network]]:
+def own_subnet6(lab: LabState, node: int) -> IPv6Network | None:
+    env = read_subnet_env(lab.subnet_file(node))
+    sub = env.get("FLANNEL_IPV6_SUBNET")
+    return IPv6Network(sub, strict=False) if sub else None
+
+
+def missing_routes(lab: LabState) -> dict[int, list[IPv4Network | IPv6Network]]:
     subnets = lease_subnets(lab)
-    out: dict[int, list[IPv4Network]] = {}
+    subnets6 = lease_subnets6(lab) if lab.dual_stack else []
+    out: dict[int, list[IPv4Network | IPv6Network]] = {}
     for i, node in lab.nodes.items():
         if node.bare:
             continue
         mine = own_subnet(lab, i)
         table = routes(lab.names.node_ns(i))
-        gaps = [s for s in subnets if s != mine and not covered(s, table)]
+        gaps: list[IPv4Network | IPv6Network] = [
+            s for s in subnets if s != mine and not covered(s, table)
+        ]
+        if subnets6:
+            mine6 = own_subnet6(lab, i)
+            table6 = routes(lab.names.node_ns(i), 6)
+            gaps += [s for s in subnets6 if s != mine6 and not covered(s, table6)]
         if gaps:
             out[i] = gaps
     return out
@@ -326,19 +398,31 @@ def wait_converged(lab: LabState, timeout: float) -> float:
 def status(name: str) -> str:
     lab = load(name)
     names = lab.names
-    lines = [f"lab {name}: backend {lab.backend}, network {lab.network}, attach {lab.attach}"]
+    head = f"lab {name}: backend {lab.backend}, network {lab.network}, attach {lab.attach}"
+    if lab.dual_stack:
+        head += f", dual stack (IPv6 network {lab.ipv6_network or 'none: IPv4-only config'})"
+    lines = [head]
     eref = ProcRef.load(lab.dir / "etcd.pid")
     etcd_state = "running" if eref and alive(eref) else "DOWN"
     lines.append(f"etcd {names.etcd_endpoint} in {names.underlay_ns}: {etcd_state}")
     lines.append("")
-    lines.append(f"{'node':<6}{'namespace':<14}{'underlay':<14}{'flanneld':<16}subnet (mtu)")
+    if lab.dual_stack:
+        lines.append(f"{'node':<6}{'namespace':<14}{'underlay':<14}{'underlay IPv6':<18}"
+                     f"{'flanneld':<16}{'subnet (mtu)':<22}IPv6 subnet")
+    else:
+        lines.append(f"{'node':<6}{'namespace':<14}{'underlay':<14}{'flanneld':<16}subnet (mtu)")
     for i in sorted(lab.nodes):
         ref = daemon.running(lab, i)
         fl = "bare" if lab.nodes[i].bare else (f"pid {ref.pid}" if ref else "not running")
         env = read_subnet_env(lab.subnet_file(i))
         sub = f"{env.get('FLANNEL_SUBNET', '-')} ({env.get('FLANNEL_MTU', '-')})"
         ip = str(node_address(i).ip)
-        lines.append(f"n{i:<5}{names.node_ns(i):<14}{ip:<14}{fl:<16}{sub}")
+        if lab.dual_stack:
+            ip6 = str(node_address6(i).ip)
+            sub6 = env.get("FLANNEL_IPV6_SUBNET", "-")
+            lines.append(f"n{i:<5}{names.node_ns(i):<14}{ip:<14}{ip6:<18}{fl:<16}{sub:<22}{sub6}")
+        else:
+            lines.append(f"n{i:<5}{names.node_ns(i):<14}{ip:<14}{fl:<16}{sub}")
     lines.append("")
     lines.append("leases (etcd /coreos.com/network/subnets):")
     try:
@@ -350,6 +434,8 @@ def status(name: str) -> str:
     lines.append("pods:")
     for pod in lab.pods():
         now = pods.pod_address(pod) or "(no address)"
+        if lab.dual_stack:
+            now = f"{now:<18} {pods.pod_address6(pod) or '(no IPv6 address)'}"
         lines.append(f"  {pod.name:<14} n{pod.node}  {now}")
     return "\n".join(lines)
 

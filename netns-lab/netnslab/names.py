@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 DEFAULT_NAME = "flab"
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,8}$")
 
 UNDERLAY_NET = "198.18.0.0/24"
 UNDERLAY_GW = IPv4Address("198.18.0.254")
+# Dual-stack labs (``up --dual-stack``) add IPv6 to the same underlay interfaces: node ``i`` is
+# 2001:db8:18::<i> (the decimal index written as the last group, as in 198.18.0.<i>), the bridge
+# in the underlay namespace 2001:db8:18::254.  etcd stays on IPv4.
+UNDERLAY_NET6 = "2001:db8:18::/64"
+UNDERLAY_GW6 = IPv6Address("2001:db8:18::254")
+# The overlay IPv6 network a dual-stack lab writes to etcd (IPv6SubnetLen: flannel's default 64).
+DEFAULT_IPV6_NETWORK = "fd10:244::/56"
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 MAX_NODES = 253
@@ -90,6 +97,13 @@ def node_address(node: int) -> IPv4Interface:
     if not 1 <= node <= MAX_NODES:
         raise NameError_(f"node index {node} out of range 1..{MAX_NODES}")
     return IPv4Interface(f"198.18.0.{node}/24")
+
+
+def node_address6(node: int) -> IPv6Interface:
+    """Node ``node``'s underlay IPv6 address in a dual-stack lab: 2001:db8:18::<node>/64."""
+    if not 1 <= node <= MAX_NODES:
+        raise NameError_(f"node index {node} out of range 1..{MAX_NODES}")
+    return IPv6Interface(f"2001:db8:18::{node}/64")
 
 
 _NODE_REF = re.compile(r"^(?:(?P<prefix>[a-z][a-z0-9]*)-)?n?(?P<node>\d+)(?:p(?P<pod>\d+))?$")

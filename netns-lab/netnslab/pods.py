@@ -8,13 +8,18 @@ Two attach modes:
   uses as the base of the delegate's ipam, as Go's plugin does).
 * ``bridge``: plain iproute2 — bridge ``cni0`` with the subnet's .1, pod ``j`` gets .(j+1),
   default route via .1.  Needs only subnet.env, so the lab works before the plugin does.
+
+Dual-stack labs: pod namespaces get IPv6 DAD switched off before eth0 exists.  With
+FLANNEL_IPV6_SUBNET in subnet.env the plugin hands the delegate both ranges, so host-local gives
+each pod an IPv4 and an IPv6 address (recorded as ``address`` / ``address6``); bridge mode does
+the same by hand (cni0 gets the IPv6 subnet's ::1, pod ``j`` ::(j+1), default route via ::1).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface
 from typing import Any
 
 from netnslab.names import POD_BRIDGE, POD_IFNAME
@@ -72,7 +77,19 @@ def _attach_cni(lab: LabState, node: int, pod: PodState) -> None:
     ips = result.get("ips") or []
     if not ips:
         raise CommandError(f"CNI ADD for {pod.name} returned no ips: {result}")
-    pod.address = str(ips[0]["address"])
+    if not lab.dual_stack:
+        pod.address = str(ips[0]["address"])
+        return
+    for entry in ips:
+        addr = str(entry.get("address", ""))
+        try:
+            version = ip_interface(addr).version
+        except ValueError:
+            continue
+        if version == 4 and not pod.address:
+            pod.address = addr
+        elif version == 6 and not pod.address6:
+            pod.address6 = addr
 
 
 def _attach_bridge(lab: LabState, node: int, pod: PodState) -> None:
@@ -99,13 +116,25 @@ def _attach_bridge(lab: LabState, node: int, pod: PodState) -> None:
         f"-n {pod.name} addr add {addr} dev {POD_IFNAME}",
         f"-n {pod.name} route add default via {gw.ip}",
     ]
+    six = lab.dual_stack and "FLANNEL_IPV6_SUBNET" in env
+    if six:
+        gw6 = IPv6Interface(env["FLANNEL_IPV6_SUBNET"])
+        addr6 = IPv6Interface(f"{gw6.ip + pod.index}/{gw6.network.prefixlen}")
+        if not have_bridge:
+            lines.insert(2, f"-n {ns} addr add {gw6} dev {POD_BRIDGE} nodad")
+        lines += [
+            f"-n {pod.name} addr add {addr6} dev {POD_IFNAME} nodad",
+            f"-n {pod.name} route add ::/0 via {gw6.ip} dev {POD_IFNAME}",
+        ]
     ip_batch(lines)
     pod.address = str(addr)
+    if six:
+        pod.address6 = str(addr6)
 
 
 def add_pod(lab: LabState, node: int, index: int, attach: str) -> PodState:
     pod = PodState(name=lab.names.pod_ns(node, index), node=node, index=index)
-    create_pod_ns(pod.name)
+    create_pod_ns(pod.name, lab.dual_stack)
     if attach == "cni":
         _attach_cni(lab, node, pod)
     else:
@@ -124,4 +153,15 @@ def pod_address(pod: PodState) -> str:
         parts = line.split()
         if "inet" in parts:
             return parts[parts.index("inet") + 1]
+    return ""
+
+
+def pod_address6(pod: PodState) -> str:
+    """The pod's current global IPv6 address on eth0 (CIDR), '' if none."""
+    res = run(["ip", "-n", pod.name, "-6", "-o", "addr", "show", "dev", POD_IFNAME, "scope", "global"],
+              check=False)  # fmt: skip
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if "inet6" in parts:
+            return parts[parts.index("inet6") + 1]
     return ""

@@ -2,7 +2,8 @@
 
 Layout of ``netns-lab/.state/<name>/``::
 
-    lab.json            backend, network, attach mode, nodes and their pods (with addresses)
+    lab.json            backend, network, attach mode, dual stack (+ IPv6 network), nodes and
+                        their pods (with addresses)
     etcd/  etcd.log  etcd.pid
     n<i>/  subnet.env  flanneld.log  flanneld.pid  cni/  ipam/  netconf.json
 
@@ -29,6 +30,7 @@ class PodState:
     node: int
     index: int
     address: str = ""  # CIDR, e.g. 10.244.12.2/24
+    address6: str = ""  # dual-stack labs: IPv6 CIDR, e.g. fd10:244:0:c::2/64 ("" if none)
 
 
 @dataclass
@@ -47,6 +49,11 @@ class LabState:
     pods_per_node: int = 2
     flanneld_args: list[str] = field(default_factory=list)
     nodes: dict[int, NodeState] = field(default_factory=dict)
+    # ``up --dual-stack``: the underlay carries IPv6 too (node i: 2001:db8:18::<i>).
+    dual_stack: bool = False
+    # The overlay IPv6 network in the etcd config ("" when the config has none, e.g. a
+    # dual-stack underlay with an IPv4-only config): pods get IPv6, ping-all checks it.
+    ipv6_network: str = ""
 
     @property
     def names(self) -> LabNames:
