@@ -175,6 +175,10 @@ class Network(abc.ABC):
     def peer_count(self) -> int:
         """Peers programmed (or being programmed) now."""
 
+    def peer_counts(self) -> dict[str, int]:
+        """Peers by family of this network's half(s): {"ipv4": n[, "ipv6": m]}."""
+        return {self.half.name.lower(): self.peer_count}
+
     @abc.abstractmethod
     async def apply(self, changes: Mapping[IPv4Network, Lease | None]) -> ReconcileResult:
         """Lease events: for each subnet named, its lease now (None: gone)."""
@@ -203,6 +207,9 @@ class StackedNetwork(Network):
     @property
     def peer_count(self) -> int:
         return max(part.peer_count for part in self.parts)
+
+    def peer_counts(self) -> dict[str, int]:
+        return {k: v for part in self.parts for k, v in part.peer_counts().items()}
 
     async def apply(self, changes: Mapping[IPv4Network, Lease | None]) -> ReconcileResult:
         return _sum([await part.apply(changes) for part in self.parts])

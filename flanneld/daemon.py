@@ -378,7 +378,7 @@ class Daemon:
         with self.metrics.reconcile("full"):
             result = await self.network.repair(self.book.accepted)
         peers = self.network.peer_count
-        self.metrics.set_peers(peers)
+        self.metrics.set_peers(peers, self.network.peer_counts())
         log_event(log, "datapath programmed", peers=peers, ops=result.applied,
                   failed=result.failed)
         self.readiness.set_backend_programmed(True)
@@ -494,7 +494,7 @@ class Daemon:
                 self._changes.setdefault(subnet, lease)
             await asyncio.sleep(1.0)
             self._dirty.set()
-        self.metrics.set_peers(network.peer_count)
+        self.metrics.set_peers(network.peer_count, network.peer_counts())
 
     async def _repair(self, network: Network) -> None:
         """The full pass: every accepted lease, the kernel observed; drift counted.  When it
@@ -513,7 +513,7 @@ class Daemon:
                 self.metrics.drift_repaired(result.repaired)
                 log_event(log, "drift repaired: kernel objects were missing or wrong",
                           level=logging.WARNING, repaired=result.repaired)
-            self.metrics.set_peers(network.peer_count)
+            self.metrics.set_peers(network.peer_count, network.peer_counts())
         self._next_full = time.monotonic() + retry_in
         self._dirty.set()
 

@@ -62,6 +62,7 @@ LEASE_EVENTS = frozenset({"acquire", "renew", "lose", "reacquire", "release", "c
 FILES = frozenset({"subnet_env", "docker_opts", "cni_conf"})
 WATCH_RESET_REASONS = frozenset({"compaction", "reconnect"})
 RECONCILE_KINDS = frozenset({"full", "incremental"})
+FAMILIES = frozenset({"ipv4", "ipv6"})
 NETLINK_KINDS = frozenset({"route", "neigh", "fdb", "link", "address", "masq_rules"})
 NETLINK_RESULTS = frozenset({"ok", "exists", "missing", "error"})
 # Outcome results of flanneld.netops as NETLINK_RESULTS values.
@@ -310,6 +311,10 @@ class Metrics:
             registry=r,
         )
         self._peers = Gauge("flannel_peers", "Remote subnet leases currently programmed.", registry=r)
+        self._peer_subnets = Gauge(
+            "flannel_peers_by_family",
+            "Peers programmed, by address family (a dual-stack peer counts in both; "
+            "flannel_peers counts it once).", ["family"], registry=r)
         self._reconcile = Histogram(
             "flannel_reconcile_duration_seconds",
             "Duration of a reconcile pass of the backend, by kind (full, incremental).",
@@ -484,8 +489,11 @@ class Metrics:
             self._file_failures.labels(name).inc()
 
     # ---- backend -----------------------------------------------------------------------
-    def set_peers(self, count: int) -> None:
+    def set_peers(self, count: int, by_family: Mapping[str, int] | None = None) -> None:
+        """``by_family``: {"ipv4": n, "ipv6": m} (families of the node's networks)."""
         self._peers.set(count)
+        for family, n in (by_family or {}).items():
+            self._peer_subnets.labels(_bounded(family, FAMILIES)).set(n)
 
     @contextlib.contextmanager
     def reconcile(self, kind: str) -> Iterator[None]:

@@ -290,6 +290,16 @@ def test_every_netlink_op_and_result_has_its_own_label() -> None:
     assert 'kind="other"' not in text and 'result="other"' not in text
 
 
+def test_peers_are_counted_once_and_subnets_per_family() -> None:
+    m = Metrics(backend="vxlan")
+    m.set_peers(3, {"ipv4": 3, "ipv6": 2, "ipv5": 9})
+    text = m.render().decode()
+    assert "flannel_peers 3.0" in text
+    assert 'flannel_peers_by_family{family="ipv4"} 3.0' in text
+    assert 'flannel_peers_by_family{family="ipv6"} 2.0' in text
+    assert 'flannel_peers_by_family{family="other"} 9.0' in text  # bounded label values
+
+
 def test_lease_info_has_only_the_current_lease() -> None:
     m = Metrics(backend="vxlan")
     assert "flannel_lease_info{" not in m.render().decode()  # no lease yet: no series
