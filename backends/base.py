@@ -43,6 +43,7 @@ from flanneld.lease import Lease, LeaseAttrs
 from flanneld.logging_setup import log_event
 from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
 from flanneld.netconfig import NetworkConfig
+from flanneld.netops import IPAddress, IPNetwork
 
 if TYPE_CHECKING:  # netlink imports pyroute2; config validation must not
     from flanneld.netlink import Netlink
@@ -112,7 +113,8 @@ class Backend(abc.ABC):
         # (subnet, gateway) of leases the daemon refused (see LeaseBook.disowned_routes): a
         # full pass removes such routes on the external interface, which only an accepted
         # hostile lease (or an older daemon that accepted it) can have put there.
-        self.disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset()
+        self.disowned: Collection[tuple[IPNetwork, IPAddress]] = frozenset()
+        self.disowned6: Collection[tuple[IPNetwork, IPAddress]] = frozenset()  # IPv6 halves
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import ClassVar
 
 from flanneld.backends.base import Backend, BackendContext, Network, StackedNetwork
@@ -22,14 +22,14 @@ from flanneld.backends.planner import diff, route_owned_in
 from flanneld.errors import ConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netlink import Netlink
-from flanneld.netops import IPNetwork, KernelObject, Op, Route
+from flanneld.netops import IPAddress, IPNetwork, KernelObject, Op, Route
 
 log = logging.getLogger(__name__)
 
 
 def owned_by_hostgw(
     own: Lease, ext_index: int, network: IPNetwork,
-    disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
+    disowned: Collection[tuple[IPNetwork, IPAddress]] = frozenset(),
     subnet_len: int | None = None,
 ) -> Callable[[KernelObject], bool]:
     """Ours: routes via a gateway on the external interface to a lease-sized subnet of the
@@ -52,7 +52,7 @@ def plan_routes(
     *,
     ext_index: int,
     network: IPv4Network,
-    disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
+    disowned: Collection[tuple[IPNetwork, IPAddress]] = frozenset(),
 ) -> list[Op]:
     """Pure planner: one route per peer; owned routes (``owned_by_hostgw``) that no peer
     wants are stale."""
@@ -119,7 +119,7 @@ class HostGWNetwork(KernelNetwork[Route]):
         network = half.network(netconf)
         assert network is not None
         return owned_by_hostgw(self.lease, self._ext_index, network,
-                               frozenset() if half.v6 else self.backend.disowned,
+                               self.backend.disowned6 if half.v6 else self.backend.disowned,
                                subnet_len=half.subnet_len(netconf))
 
     async def before_repair(self) -> tuple[int, bool]:

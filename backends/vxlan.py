@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -236,7 +236,7 @@ def peer_specs(
 
 def owned_by_vxlan(
     own: Lease, device_index: int, ext_index: int, network: IPNetwork,
-    disowned: Collection[tuple[IPv4Network, IPv4Address]] = frozenset(),
+    disowned: Collection[tuple[IPNetwork, IPAddress]] = frozenset(),
     subnet_len: int | None = None,
 ) -> Callable[[KernelObject], bool]:
     """Ours: every route on the vxlan device (flannel owns the device: a route to anything
@@ -438,7 +438,7 @@ class VxlanNetwork(KernelNetwork[PeerSpec]):
         network = half.network(vx.ctx.netconf)
         assert network is not None
         return owned_by_vxlan(self.lease, self.device.index, vx.ctx.ext.index, network,
-                              vx.disowned if not half.v6 else frozenset(),
+                              vx.disowned6 if half.v6 else vx.disowned,
                               subnet_len=half.subnet_len(vx.ctx.netconf))
 
     async def set_address(self) -> int:

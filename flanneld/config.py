@@ -41,6 +41,7 @@ class DaemonConfig:
     iface_regex: tuple[str, ...] = ()
     iface_can_reach: str = ""
     public_ip: str = ""
+    public_ipv6: str = ""  # dual stack: PublicIPv6 of our lease (else the interface's address)
     subnet_file: str = "/run/flannel/subnet.env"
     subnet_lease_renew_margin: int = 60  # minutes
     subnet_lease_ttl: int = 24 * 3600  # seconds (Go: fixed 24 h)
@@ -61,7 +62,6 @@ class DaemonConfig:
     # Go flanneld flags accepted here before their feature exists (see README, "Flags").
     ip_blackhole_route: bool = False  # not implemented yet: a warning when set
     ip_masq_fully_random_disable: bool = False  # MASQUERADE without --random-fully
-    public_ipv6: str = ""  # validated; IPv6 is not supported yet
     net_config_path: str = "/etc/kube-flannel/net-conf.json"  # Kubernetes mode
     kube_subnet_mgr: bool = False  # true: a usage error (not supported yet)
     kube_api_url: str = ""
@@ -87,6 +87,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "iface-regex": ("list", "regex matched against interface names, then addresses; repeatable"),
     "iface-can-reach": ("str", "pick the interface that routes to this address"),
     "public-ip": ("str", "IP accessible by other nodes for inter-host communication"),
+    "public-ipv6": ("str", "IPv6 address accessible by other nodes for inter-host communication "
+                    "(dual stack: EnableIPv6 in the network config)"),
     "subnet-file": ("str", "file the subnet environment is written to"),
     "subnet-lease-renew-margin": ("int", "renew the lease this many minutes before it expires"),
     "subnet-lease-ttl": ("int", "TTL of the etcd lease behind our subnet, seconds"),
@@ -105,8 +107,6 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "metrics-per-peer": ("bool", "export per-peer forwarding series"),
     "log-format": ("str", "text (key=value) or json"),
     # Go flanneld's flags whose feature is not here (yet): accepted, stored, see _not_honoured.
-    "public-ipv6": ("str", "IPv6 address accessible by other nodes (validated; IPv6 is not "
-                    "supported yet, so it is ignored with a warning)"),
     "ip-masq-fully-random-disable": ("bool", "MASQUERADE without --random-fully"),
     "ip-blackhole-route": ("bool", "add a blackhole route for the node's own subnet (accepted; not "
                            "implemented yet: ignored with a warning)"),
@@ -123,7 +123,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
 # Go flanneld flags that only mean something with --kube-subnet-mgr.
 _KUBE_FLAGS = ("kube-api-url", "kubeconfig-file", "kube-annotation-prefix", "net-config-path",
                "set-node-network-unavailable")
-_GO_ONLY_FLAGS = ("public-ipv6", "ip-masq-fully-random-disable", "ip-blackhole-route",
+_GO_ONLY_FLAGS = ("ip-masq-fully-random-disable", "ip-blackhole-route",
                   "kube-subnet-mgr", *_KUBE_FLAGS)
 
 # klog's flags (Go flanneld registers them through klog.InitFlags): accepted and ignored, each
@@ -452,7 +452,6 @@ def _not_honoured(config: DaemonConfig) -> tuple[str, ...]:
     """The Go-only flags set away from their defaults, whose feature is not here yet."""
     defaults = DaemonConfig()
     reasons = {
-        "public-ipv6": "IPv6 is not supported yet",
         "ip-blackhole-route": "not implemented yet",
         **{flag: "Kubernetes mode only" for flag in _KUBE_FLAGS},
     }

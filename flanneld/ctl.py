@@ -284,7 +284,9 @@ async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
     if not netconf.enable_ipv4:
         _warn("the network config is IPv6-only (EnableIPv4 false); leases are not checked against it")
         return None
-    return LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints))
+    return LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints),
+                             ipv6_network=netconf.ipv6_network,
+                             ipv6_subnet_len=netconf.ipv6_subnet_len)
 
 
 async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dict[str, Any]]:
@@ -436,7 +438,9 @@ async def reserve(store: Any, prefix: str, endpoints: str, subnet: IPv4Network,
               f"nodes of {netconf.backend.type} do not route to a {btype} node")
     attrs = LeaseAttrs(public_ip, backend_type="" if btype == "udp" else btype)  # Go's udp: none
 
-    policy = LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints))
+    policy = LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints),
+                               ipv6_network=netconf.ipv6_network,
+                               ipv6_subnet_len=netconf.ipv6_subnet_len)
     verdict = policy.check(Lease(subnet, attrs))
     # A fresh vxlan reservation has no VtepMAC yet: its node writes one when it takes it.
     if verdict is not None and verdict[0] is not RejectReason.BAD_BACKEND_DATA:

@@ -53,7 +53,7 @@ from flanneld.rejection_log import RejectionLog
 from flanneld.sdnotify import Notifier, start_watchdog, stop_watchdog
 from flanneld.store import LeaseStore
 from flanneld.store_health import StoreHealth
-from flanneld.subnet_env import SubnetEnv, previous_subnet, write_docker_opts, write_subnet_env
+from flanneld.subnet_env import SubnetEnv, previous_subnets, write_docker_opts, write_subnet_env
 from flanneld.subnet_manager import SubnetManager
 
 log = logging.getLogger("flanneld")
@@ -362,7 +362,7 @@ class Daemon:
                 event=self.metrics.lease_event, expiry=self.metrics.set_lease_expiry,
                 store_back=lambda: self.watcher.wake(), moved=self._lease_moved),
             stopping=self.stopping)
-        await self.keeper.acquire(previous_subnet(cfg.subnet_file))
+        await self.keeper.acquire(*previous_subnets(cfg.subnet_file))
         assert self.lease is not None
         self._publish_lease_info(self.lease)
         self.readiness.set_lease_held(True)
@@ -375,6 +375,7 @@ class Daemon:
         self.book.load(snap.kvs, snap.revision)
         self._book_changed()
         self.backend.disowned = self.book.disowned_routes()
+        self.backend.disowned6 = self.book.disowned_routes6()
         with self.metrics.reconcile("full"):
             result = await self.network.repair(self.book.accepted)
         peers = self.network.peer_count
@@ -390,8 +391,11 @@ class Daemon:
         """The validation every peer lease passes; protects our underlay and etcd addresses."""
         assert self.netconf is not None
         protected: set[Any] = {ext.address, ext.public_ip}
+        protected |= {a for a in (ext.address6, ext.public_ipv6) if a is not None}
         protected.update(await etcd_addresses(self.config.etcd_endpoints))
-        return LeasePolicy.build(self.netconf.network, self.netconf.subnet_len, protected)
+        return LeasePolicy.build(self.netconf.network, self.netconf.subnet_len, protected,
+                                 ipv6_network=self.netconf.ipv6_network,
+                                 ipv6_subnet_len=self.netconf.ipv6_subnet_len)
 
     def _lease_rejected(self, rejection: Rejection) -> None:
         self.rejections.rejected(rejection)
@@ -501,6 +505,7 @@ class Daemon:
         ends (or fails: retried in 1s) the next one is scheduled and the reconciler woken."""
         assert self.backend is not None and self.book is not None
         self.backend.disowned = self.book.disowned_routes()
+        self.backend.disowned6 = self.book.disowned_routes6()
         retry_in = self.config.drift_interval
         try:
             with self.metrics.reconcile("full"):

@@ -157,15 +157,22 @@ def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> s
     return key
 
 
-_V4_KEY = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})", re.ASCII)
-_V6_KEY = re.compile(r"([0-9A-Fa-f:.]+)-(\d{1,3})", re.ASCII)
+# Go flannel's key pattern, ``(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$``, made strict:
+# ASCII digits, no leading zeros in a prefix length, an IPv4 prefix length of 0..31 and an IPv6
+# one of 0..127 (Go parses them as 5 and 7 bit numbers), the IPv6 half in lowercase hex and
+# colons only (no zone, no dotted tail).
+_V4_KEY = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(0|[1-9]|[12]\d|3[01])", re.ASCII)
+_V6_KEY = re.compile(r"([0-9a-f:]+)-(0|[1-9]\d{0,2})", re.ASCII)
+_V6_MAX_PREFIX = 127
 
 
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     """Inverse of subnet_key; accepts the full etcd key or just its last path component.
 
-    As strict as Go flannel's key pattern: ASCII digits, a canonical network address, no
-    IPv6 zone, so that two different keys can never name the same subnet.
+    As strict as Go flannel's key pattern, and canonical on top: ASCII digits, no leading zeros,
+    the network address as ``subnet_key`` writes it (IPv4 dotted quad, IPv6 compressed lowercase
+    as RFC 5952 and Go's ``net.IP.String`` write it), no IPv6 zone, so that two different keys can
+    never name the same subnet.
     """
     name = key.rsplit("/", 1)[-1]
     v4, amp, v6 = name.partition("&")
@@ -177,9 +184,16 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
         subnet = IPv4Network(f"{m4.group(1)}/{int(m4.group(2))}", strict=True)
         if str(subnet.network_address) != m4.group(1):
             raise ValueError  # leading zeros: another spelling of the same subnet
-        ipv6 = IPv6Network(f"{m6.group(1)}/{int(m6.group(2))}", strict=True) if m6 else None
+        ipv6 = None
+        if m6 is not None:
+            if int(m6.group(2)) > _V6_MAX_PREFIX:
+                raise ValueError
+            ipv6 = IPv6Network(f"{m6.group(1)}/{int(m6.group(2))}", strict=True)
+            if ipv6.network_address.compressed != m6.group(1):
+                raise ValueError  # not compressed (fc00:0::): another spelling of the same subnet
     except (ValueError, AddressValueError, NetmaskValueError):
-        raise LeaseDecodeError(f"malformed subnet key {name!r} (want a.b.c.d-len)") from None
+        raise LeaseDecodeError(f"malformed subnet key {name!r} (want a.b.c.d-len or "
+                               "a.b.c.d-len&ipv6-len, canonical)") from None
     return subnet, ipv6
 
 

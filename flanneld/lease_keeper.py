@@ -12,6 +12,9 @@ the daemon wires the hooks (readiness, metrics, what to reprogram when the subne
   lease is alive (``SubnetManager.defend``: the rule is written there); else re-acquire, the
   same subnet if it is free.  Go flanneld exits 0 here, which ``Restart=on-failure`` never
   restarts.
+- Dual stack: our key names both halves (``10.244.1.0-24&fc00::-64``, ``SubnetManager.key_of``);
+  a re-acquire asks for both previous halves back, and a lease that comes back with either
+  half changed counts as moved.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
+from typing import TypedDict
 
 from flanneld.backoff import Backoff, retry, wait_or_stop
 from flanneld.errors import OutOfSubnetsError, StoreUnavailableError
@@ -35,6 +39,25 @@ log = logging.getLogger("flanneld")
 
 async def _noop_moved(new: Lease, old: Lease) -> None:
     return None
+
+
+def _halves(lease: Lease) -> str:
+    """The lease's subnet, and its IPv6 half when it has one (for logs and readiness)."""
+    if lease.ipv6_subnet is None:
+        return str(lease.subnet)
+    return f"{lease.subnet} + {lease.ipv6_subnet}"
+
+
+class _Fields(TypedDict, total=False):
+    subnet: IPv4Network
+    ipv6_subnet: IPv6Network
+
+
+def _fields(lease: Lease) -> _Fields:
+    """A lease's subnets as structured log fields (``ipv6_subnet`` only for a dual lease)."""
+    if lease.ipv6_subnet is None:
+        return {"subnet": lease.subnet}
+    return {"subnet": lease.subnet, "ipv6_subnet": lease.ipv6_subnet}
 
 
 @dataclass
@@ -78,9 +101,13 @@ class LeaseKeeper:
 
     # -- acquiring -----------------------------------------------------------------------
 
-    async def acquire(self, previous: IPv4Network | None) -> Lease:
+    async def acquire(self, previous: IPv4Network | None,
+                      previous_ipv6: IPv6Network | None = None) -> Lease:
         """Flannel's acquire order, retried (capped backoff, each distinct failure logged
-        once) until it succeeds; CancelledError when the daemon stops meanwhile."""
+        once) until it succeeds; CancelledError when the daemon stops meanwhile.
+
+        ``previous``/``previous_ipv6``: the subnets to ask for again (the subnet file's
+        FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, or the lost lease's halves)."""
 
         def failed(exc: BaseException) -> None:
             if isinstance(exc, (StoreUnavailableError, OutOfSubnetsError)):
@@ -88,7 +115,7 @@ class LeaseKeeper:
 
         lease = await retry(
             "acquiring a subnet lease",
-            lambda: self.manager.acquire(self.attrs, self.netconf, previous),
+            lambda: self.manager.acquire(self.attrs, self.netconf, previous, previous_ipv6),
             stopping=self.stopping, cap=30.0, on_failure=failed, wait=self._wait)
         self.hooks.event("acquire", True)
         self.hooks.expiry(lease.expiration)
@@ -170,9 +197,9 @@ class LeaseKeeper:
         answer (the caller retries; the datapath stays as it is)."""
         assert self.lease is not None
         self._trouble.clear()
-        subnet = self.lease.subnet
+        subnet = _halves(self.lease)
         try:
-            kv = await self.manager.store.get(self.manager.key(subnet))
+            kv = await self.manager.store.get(self.manager.key_of(self.lease))
             if kv is not None:
                 holder = self.manager.decode(kv)
                 who = f"PublicIP {holder.attrs.public_ip}" if holder is not None else "a bad value"
@@ -197,10 +224,10 @@ class LeaseKeeper:
             return False
         if how == "reasserted":
             self.hooks.event("conflict", True)
-            log_event(log, "lease re-asserted", level=logging.WARNING, subnet=subnet)
+            log_event(log, "lease re-asserted", level=logging.WARNING, **_fields(self.lease))
         elif how == "restored":
             self.hooks.event("reacquire", True)
-            log_event(log, "lease re-acquired", subnet=subnet, how="re-created")
+            log_event(log, "lease re-acquired", **_fields(self.lease), how="re-created")
         self.hooks.conflict(None)
         self.hooks.held(True)
         return True
@@ -213,15 +240,15 @@ class LeaseKeeper:
         self.hooks.held(True)  # a lost lease is reported as "lease lost", not "waiting"
         self.hooks.held(False)
         log.error("LEASE LOST: our lease for subnet %s was deleted, expired or taken; re-acquiring "
-                  "(the datapath stays up meanwhile)", old.subnet)
+                  "(the datapath stays up meanwhile)", _halves(old))
         self._trouble.clear()
-        new = await self.acquire(previous=old.subnet)
+        new = await self.acquire(previous=old.subnet, previous_ipv6=old.ipv6_subnet)
         self.hooks.event("reacquire", True)
-        if new.subnet != old.subnet:
-            log.warning("re-acquired a different subnet %s (was %s)", new.subnet, old.subnet)
+        if new.subnet != old.subnet or new.ipv6_subnet != old.ipv6_subnet:
+            log.warning("re-acquired a different subnet %s (was %s)", _halves(new), _halves(old))
             await self.hooks.moved(new, old)
         else:
-            log_event(log, "lease re-acquired", subnet=new.subnet)
+            log_event(log, "lease re-acquired", **_fields(new))
         # A delete event for the old key may still be in flight; it must not undo this.
         self._trouble.clear()
         self.hooks.held(True)

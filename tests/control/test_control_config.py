@@ -104,6 +104,16 @@ def test_go_only_settings_from_the_file() -> None:
         build_config(["--config", "/c"], {}, files({"/c": "ignored-flags: []\n"}))
 
 
+def test_public_ipv6_from_flag_env_or_file_is_used_not_ignored() -> None:
+    # dual stack: the PublicIPv6 of our lease; once "validated, ignored" (no IPv6), now honoured
+    assert build_config(["--public-ipv6", "2001:db8:18::5"], {}).public_ipv6 == "2001:db8:18::5"
+    env = build_config([], {"FLANNELD_PUBLIC_IPV6": "2001:db8:18::6"})
+    from_file = build_config(["--config", "/c"], {}, files({"/c": "public-ipv6: 2001:db8:18::7\n"}))
+    assert (env.public_ipv6, from_file.public_ipv6) == ("2001:db8:18::6", "2001:db8:18::7")
+    for cfg in (env, from_file):
+        assert cfg.ignored_flags == (), cfg.ignored_flags
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         build_config(["--no-such-flag"], {})

@@ -101,6 +101,43 @@ def test_subnet_keys() -> None:
             parse_subnet_key(bad)
 
 
+@pytest.mark.parametrize(("key", "v4", "v6"), [
+    ("10.244.1.0-24&fd00:244:0:1::-64", "10.244.1.0/24", "fd00:244:0:1::/64"),
+    ("10.244.1.0-24&2001:db8:0:1::-64", "10.244.1.0/24", "2001:db8:0:1::/64"),
+    ("10.244.1.0-24&fd00::-56", "10.244.1.0/24", "fd00::/56"),
+    ("10.244.1.0-24&fd00:1:0:0:2::-80", "10.244.1.0/24", "fd00:1::2:0:0:0/80"),  # longest run
+    ("10.244.1.0-24&fd00:0:1::1:0:0-96", "10.244.1.0/24", "fd00:0:1:0:0:1:0:0/96"),  # first of two
+    ("10.244.1.0-24&fd00:244:0:1:1:1:1:0-127", "10.244.1.0/24", "fd00:244:0:1:1:1:1::/127"),  # one 0
+    ("10.0.0.0-31&::-0", "10.0.0.0/31", "::/0"),
+])
+def test_dual_subnet_keys_golden(key: str, v4: str, v6: str) -> None:
+    # the canonical IPv6 half: RFC 5952, as Go's net.IP.String and subnet_key write it
+    assert parse_subnet_key(key) == (IPv4Network(v4), IPv6Network(v6))
+    assert subnet_key(IPv4Network(v4), IPv6Network(v6)) == key
+
+
+@pytest.mark.parametrize("key", [
+    "10.244.1.0-24&FD00:244:0:1::-64",  # upper case: Go's pattern is [a-f\d:]
+    "10.244.1.0-24&fd00:244:0:1:0:0:0:0-64",  # not compressed
+    "10.244.1.0-24&fd00:244:0:1:0::-64",
+    "10.244.1.0-24&fd00:1::2:0:0:0-80",  # not the longest run of zeros
+    "10.244.1.0-24&fd00:0:1:0:0:1::-96",  # not the first of two equal runs
+    "10.244.1.0-24&fd00:244:0:1:1:1:1::-127",  # :: for a single zero group
+    "10.244.1.0-24&fd00:0244:0:1::-64",  # leading zeros in a group
+    "10.244.1.0-24&fd00:244:0:1::-064",  # leading zero in the length
+    "10.244.1.0-24&fd00::-128",  # Go reads the length as 7 bits: 0..127
+    "10.244.1.0-24&fd00::1-64",  # host bits
+    "10.244.1.0-24&::ffff:10.0.0.0-120",  # a dotted tail
+    "10.244.1.0-24&fd00::%eth0-64",
+    "10.244.1.0-24&-64", "10.244.1.0-24&fd00::", "10.244.1.0-24&", "10.244.1.0-24&fd00::-64&",
+    "10.244.1.0-08",  # leading zero in the IPv4 length: 10.244.1.0-8 is the spelling
+    "10.244.1.0-32",  # Go reads the IPv4 length as 5 bits: 0..31
+])
+def test_dual_subnet_keys_refused_unless_canonical(key: str) -> None:
+    with pytest.raises(LeaseDecodeError, match="malformed subnet key"):
+        parse_subnet_key(key)
+
+
 def example_env(ipmasq: bool = False) -> SubnetEnv:
     return SubnetEnv(IPv4Network("10.5.0.0/16"), IPv4Network("10.5.72.0/24"), 1450, ipmasq)
 

@@ -296,10 +296,11 @@ def test_go_only_flags_are_stored() -> None:
     assert config.kube_annotation_prefix == "x.io"
     assert config.set_node_network_unavailable is False
     ignored = " ".join(config.ignored_flags)
-    for flag in ("--ip-blackhole-route", "--public-ipv6",
+    for flag in ("--ip-blackhole-route",
                  "--kube-api-url", "--kubeconfig-file", "--net-config-path"):
         assert flag in ignored, flag
     assert "--ip-masq-fully-random-disable" not in ignored  # honoured: MASQUERADE without random-fully
+    assert "--public-ipv6" not in ignored  # honoured: the PublicIPv6 of a dual-stack lease
     assert cfg("--ip-blackhole-route=false").ignored_flags == ()
     assert cfg(env={"FLANNELD_IP_BLACKHOLE_ROUTE": "true"}).ip_blackhole_route is True
 
@@ -382,6 +383,15 @@ def test_parser_knows_every_flag() -> None:
 
     for flag in _FLAGS:
         assert f"--{flag}" in text, flag
+
+
+def test_public_ipv6_is_a_flag_of_this_daemon_not_a_go_only_one() -> None:
+    text = " ".join(build_parser().format_help().split())  # argparse wraps the help lines
+    go_only = text.index("Go flanneld flags whose feature is not here yet")
+    where = text.index("--public-ipv6 PUBLIC_IPV6", text.index("options:"))  # not the usage line
+    assert where < go_only, "--public-ipv6 is listed with the flags whose feature is not here"
+    help_text = text[where:text.index("--", where + 2)]
+    assert "dual stack" in help_text and "not supported" not in help_text, help_text
 
 
 # ---------------------------------------------------------------- -v vs -vv, ignored-flags line

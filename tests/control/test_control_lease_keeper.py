@@ -1,13 +1,16 @@
 """The lease keeper on the in-memory store with an injected clock: renewal times, expiry during
 an etcd outage, our key deleted, rewritten, or taken after our etcd lease died (re-acquired
-elsewhere).  No real time passes: the injected wait advances the clock."""
+elsewhere); the same for a dual-stack lease (one key naming both halves).  No real time
+passes: the injected wait advances the clock."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from ipaddress import IPv4Address
+import random
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import TypeVar
 
 import pytest
 
@@ -25,15 +28,34 @@ NETCONF = parse_network_config(
     b'{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0",'
     b'"Backend":{"Type":"host-gw"}}')  # room for two subnets
 TTL = 100
+DUAL_ATTRS = LeaseAttrs(IPv4Address("198.18.0.1"), "host-gw",
+                        public_ipv6=IPv6Address("2001:db8:18::1"))
+DUAL_NETCONF = parse_network_config(
+    b'{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0",'
+    b'"EnableIPv6":true,"IPv6Network":"fd00:244::/56","IPv6SubnetMin":"fd00:244:0:1::",'
+    b'"IPv6SubnetMax":"fd00:244:0:4::","Backend":{"Type":"host-gw"}}')  # 2 IPv4, 4 IPv6 halves
+V6_FIRST = IPv6Network("fd00:244:0:1::/64")
+
+T = TypeVar("T")
+
+
+class LastPick(random.Random):
+    """Always picks the last candidate: a half asked for again comes back only when the keeper
+    asks for it (otherwise the pick is another one)."""
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[-1]
 
 
 class World:
     """A fake clock shared by the store and the keeper, and everything the hooks were told."""
 
-    def __init__(self) -> None:
+    def __init__(self, dual: bool = False) -> None:
         self.now = 1000.0
+        self.dual = dual
         self.store = MemoryStore(clock=lambda: self.now)
-        self.manager = SubnetManager(self.store, PREFIX, ttl=TTL, clock=lambda: self.now)
+        self.manager = SubnetManager(self.store, PREFIX, ttl=TTL, clock=lambda: self.now,
+                                     rng=LastPick() if dual else None)
         self.log: list[tuple[str, object]] = []
         self.moved: list[tuple[Lease, Lease]] = []
         self.renewed_at: list[float] = []
@@ -63,7 +85,8 @@ class World:
         await asyncio.sleep(0)
 
     def keeper(self) -> LeaseKeeper:
-        return LeaseKeeper(self.manager, ATTRS, NETCONF, renew_margin=3600.0, ttl=TTL,
+        attrs, netconf = (DUAL_ATTRS, DUAL_NETCONF) if self.dual else (ATTRS, NETCONF)
+        return LeaseKeeper(self.manager, attrs, netconf, renew_margin=3600.0, ttl=TTL,
                            hooks=self.hooks, wall=lambda: self.now, mono=lambda: self.now,
                            wait=self.wait)
 
@@ -197,3 +220,108 @@ async def test_a_full_range_keeps_retrying_until_room_appears() -> None:
     assert ("event", ("acquire", False)) in world.log  # out of subnets meanwhile
     assert keeper.lease is not None and keeper.lease.subnet == lease.subnet  # same subnet back
     assert world.moved == []
+
+
+# ---- a dual-stack lease: one key, ``10.244.x.0-24&fd00:244:0:y::-64``, for both halves ----------
+
+async def _keys(world: World) -> list[str]:
+    return [kv.key for kv in (await world.manager.list_snapshot()).kvs]
+
+
+async def test_dual_lease_is_renewed_under_its_dual_key() -> None:
+    world = World(dual=True)
+    keeper = world.keeper()
+    lease = await keeper.acquire(None, previous_ipv6=V6_FIRST)
+    assert lease.ipv6_subnet == V6_FIRST  # the previous IPv6 half, asked for, comes back
+    key = world.manager.key_of(lease)
+    assert key.endswith("&fd00:244:0:1::-64")
+    await run_until(keeper, lambda: len(world.renewed_at) >= 2)
+    assert keeper.lease is not None and keeper.lease.ipv6_subnet == V6_FIRST
+    kv = await world.store.get(key)
+    assert kv is not None and kv.lease_id == keeper.lease.etcd_lease_id
+    assert await _keys(world) == [key]  # no IPv4-only twin
+    assert world.seen("conflict") == [] and world.moved == []
+
+
+async def test_dual_key_deleted_is_recreated_with_the_same_dual_key() -> None:
+    world = World(dual=True)
+    keeper = world.keeper()
+    lease = await keeper.acquire(None, previous_ipv6=V6_FIRST)
+    key = world.manager.key_of(lease)
+    await world.store.delete(key)
+    keeper.trouble()
+    await run_until(keeper, lambda: ("event", ("reacquire", True)) in world.log)
+    kv = await world.store.get(key)
+    assert kv is not None and kv.lease_id == lease.etcd_lease_id
+    assert kv.value == DUAL_ATTRS.to_json().encode()
+    assert await _keys(world) == [key]
+    assert keeper.lease is not None and world.manager.key_of(keeper.lease) == key
+    assert world.seen("held") == [False, True] and world.moved == []
+
+
+async def test_dual_key_rewritten_is_reasserted_not_taken_for_deleted() -> None:
+    world = World(dual=True)
+    keeper = world.keeper()
+    lease = await keeper.acquire(None, previous_ipv6=V6_FIRST)
+    key = world.manager.key_of(lease)
+    await world.store.put(key, LeaseAttrs(IPv4Address("198.18.0.99"), "host-gw").to_json().encode())
+    keeper.trouble()
+    await run_until(keeper, lambda: ("event", ("conflict", True)) in world.log)
+    kv = await world.store.get(key)
+    assert kv is not None and kv.value == DUAL_ATTRS.to_json().encode()
+    assert world.seen("conflict")[0] == (
+        f"lease conflict: our key {lease.subnet} + {V6_FIRST} holds PublicIP 198.18.0.99")
+    assert ("event", ("lose", True)) not in world.log and world.seen("held") == [True]  # never False
+
+
+async def test_dual_lease_lost_is_reacquired_with_both_halves() -> None:
+    world = World(dual=True)
+    keeper = world.keeper()
+    lease = await keeper.acquire(None, previous_ipv6=V6_FIRST)
+    await world.store.revoke(lease.etcd_lease_id)  # expired in a partition: the key goes with it
+    assert await _keys(world) == []
+    keeper.trouble()
+    await run_until(keeper, lambda: ("event", ("reacquire", True)) in world.log)
+    new = keeper.lease
+    assert new is not None and new.etcd_lease_id != lease.etcd_lease_id
+    # both halves asked for again and free: the same two (the picker alone takes the last ones)
+    assert (new.subnet, new.ipv6_subnet) == (lease.subnet, V6_FIRST)
+    assert await _keys(world) == [world.manager.key_of(lease)]
+    assert world.moved == []
+    assert world.seen("held")[-2:] == [False, True]
+
+
+async def test_dual_lease_taken_moves_and_reports_both_halves() -> None:
+    world = World(dual=True)
+    keeper = world.keeper()
+    lease = await keeper.acquire(None, previous_ipv6=V6_FIRST)
+    key = world.manager.key_of(lease)
+    await world.store.revoke(lease.etcd_lease_id)
+    grant = await world.store.grant(600)
+    other = LeaseAttrs(IPv4Address("198.18.0.2"), "host-gw",
+                       public_ipv6=IPv6Address("2001:db8:18::2")).to_json().encode()
+    assert await world.store.create(key, other, grant.lease_id) is not None
+    keeper.trouble()
+    await run_until(keeper, lambda: bool(world.moved))
+    new, old = world.moved[0]
+    assert (old.subnet, old.ipv6_subnet) == (lease.subnet, V6_FIRST)
+    assert new.subnet != lease.subnet and new.ipv6_subnet not in (None, V6_FIRST)
+    assert keeper.lease == new
+    assert sorted(await _keys(world)) == sorted([key, world.manager.key_of(new)])
+
+
+async def test_dual_lease_lost_with_its_ipv6_half_taken_keeps_ipv4_and_moves() -> None:
+    world = World(dual=True)
+    keeper = world.keeper()
+    lease = await keeper.acquire(None, previous_ipv6=V6_FIRST)
+    await world.store.revoke(lease.etcd_lease_id)
+    other_v4 = "10.244.1.0-24" if str(lease.subnet) == "10.244.2.0/24" else "10.244.2.0-24"
+    squatter = f"{PREFIX}/subnets/{other_v4}&fd00:244:0:1::-64"  # another key, our IPv6 half
+    grant = await world.store.grant(600)
+    await world.store.create(squatter, LeaseAttrs(IPv4Address("198.18.0.2")).to_json().encode(),
+                             grant.lease_id)
+    keeper.trouble()
+    await run_until(keeper, lambda: bool(world.moved))
+    new, old = world.moved[0]  # only the IPv6 half changed: still a move to reprogram
+    assert new.subnet == old.subnet == lease.subnet
+    assert old.ipv6_subnet == V6_FIRST and new.ipv6_subnet not in (None, V6_FIRST)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from polling import until
 
 from flanneld.health import Readiness
-from flanneld.lease import Lease, LeaseAttrs, subnets_prefix
+from flanneld.lease import Lease, LeaseAttrs, parse_subnet_key, subnets_prefix
 from flanneld.lease_book import LeaseBook, LeaseEventKind
-from flanneld.lease_policy import LeasePolicy, RejectReason, public_ip_problem
+from flanneld.lease_policy import LeasePolicy, RejectReason, public_ip_problem, public_ipv6_problem
 from flanneld.memory_store import MemoryStore
 from flanneld.rejection_log import RejectionLog
 from flanneld.store import KeyValue
@@ -156,6 +156,205 @@ def test_disowned_routes_name_only_policy_refusals() -> None:
     book.put(kv("198.18.0.0-25", value("198.18.0.0"), 5))
     book.put(kv("10.244.2.0-24", b"junk", 6))
     assert book.disowned_routes() == {(IPv4Network("198.18.0.0/25"), IPv4Address("198.18.0.0"))}
+
+
+# ---- dual stack: the IPv6 half of a lease ----------------------------------------------------
+
+NET6 = IPv6Network("fd00:244::/56")
+DUAL = LeasePolicy.build(NET, 24, [IPv4Address("198.18.0.1"), IPv6Address("2001:db8:18::1"),
+                                   IPv6Address("fd00:244:0:9::5")],  # e.g. etcd on a ULA
+                         ipv6_network=NET6, ipv6_subnet_len=64)
+MAC6 = "0e:00:00:00:00:06"
+
+
+def dvalue(ip6: str | None = "2001:db8:18::2", mac6: str | None = MAC6, btype: str = "vxlan",
+           ip: str = "198.18.0.2") -> bytes:
+    obj: dict[str, object] = {"PublicIP": ip, "PublicIPv6": ip6, "BackendType": btype}
+    if btype == "vxlan":
+        obj["BackendData"] = {"VNI": 1, "VtepMAC": MAC}
+    if mac6 is not None:
+        obj["BackendV6Data"] = {"VNI": 1, "VtepMAC": mac6}
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize(("name", "val", "why", "what"), [
+    ("10.244.3.0-24&fd01::-64", dvalue(), RejectReason.OUTSIDE_NETWORK, "outside the IPv6Network"),
+    ("10.244.3.0-24&fd00:244::-56", dvalue(), RejectReason.WRONG_PREFIX_LENGTH, "IPv6SubnetLen"),
+    ("10.244.3.0-24&fd00:244:0:3::-80", dvalue(), RejectReason.WRONG_PREFIX_LENGTH, "/80"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue(None), RejectReason.BAD_PUBLIC_IP, "not set"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("::"), RejectReason.BAD_PUBLIC_IP, "unspecified"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("::1"), RejectReason.BAD_PUBLIC_IP, "loopback"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("ff02::1"), RejectReason.BAD_PUBLIC_IP, "multicast"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("fe80::1"), RejectReason.BAD_PUBLIC_IP, "link-local"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("::ffff:198.18.0.2"), RejectReason.BAD_PUBLIC_IP,
+     "IPv4-mapped"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("fec0::1"), RejectReason.BAD_PUBLIC_IP, "site-local"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("100::1"), RejectReason.BAD_PUBLIC_IP,
+     "neither a global unicast"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue("fd00:244:0:7::1"), RejectReason.BAD_PUBLIC_IP,
+     "inside the IPv6Network"),
+    ("10.244.3.0-24&fd00:244:0:9::-64", dvalue(), RejectReason.COVERS_UNDERLAY, "fd00:244:0:9::5"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue(mac6=None), RejectReason.BAD_BACKEND_DATA,
+     "BackendV6Data.VtepMAC"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue(mac6="00:00:00:00:00:00"),
+     RejectReason.BAD_BACKEND_DATA, "all-zero"),
+    ("10.244.3.0-24&fd00:244:0:3::-64", dvalue(mac6="33:33:00:00:00:01"),
+     RejectReason.BAD_BACKEND_DATA, "multicast"),
+])
+def test_dual_policy_rejects_each_hostile_ipv6_half(name: str, val: bytes, why: RejectReason,
+                                                    what: str) -> None:
+    book = LeaseBook(DUAL)
+    assert book.put(kv(name, val, 5)) == []
+    rejection = book.rejected[subnets_prefix(PREFIX) + name]
+    assert rejection.reason is why
+    assert rejection.detail.startswith("IPv6 half: ") and what in rejection.detail, rejection.detail
+    assert book.accepted == {} and book.counts == {why: 1}
+    # the same lease in an IPv4-only network: judged on its IPv4 half only
+    assert [e.kind for e in LeaseBook(POLICY).put(kv(name, val, 5))] == [LeaseEventKind.ADDED]
+
+
+def test_dual_policy_accepts_good_halves_and_ipv4_only_nodes() -> None:
+    book = LeaseBook(DUAL)
+    book.put(kv("10.244.1.0-24&fd00:244:0:1::-64", dvalue(), 5))
+    book.put(kv("10.244.2.0-24&fd00:244:0:2::-64", dvalue("fd00:1::2", ip="198.18.0.3"), 6))
+    book.put(kv("10.244.3.0-24", value("198.18.0.4"), 7))  # an IPv4-only node (mixed cluster)
+    # host-gw carries no BackendV6Data: nothing to check there
+    book.put(kv("10.244.4.0-24&fd00:244:0:4::-64", dvalue(mac6=None, btype="host-gw"), 8))
+    assert book.rejected == {}
+    assert sorted(str(s) for s in book.accepted) == [
+        "10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]
+    assert book.accepted[IPv4Network("10.244.1.0/24")].ipv6_subnet == IPv6Network("fd00:244:0:1::/64")
+    assert book.key_of(IPv6Network("fd00:244:0:2::/64")) == subnets_prefix(PREFIX) + \
+        "10.244.2.0-24&fd00:244:0:2::-64"
+    assert public_ipv6_problem(IPv6Address("2001:db8:18::1")) is None  # documentation range
+    assert public_ipv6_problem(IPv6Address("fd12::1"), NET6) is None  # a ULA underlay
+    assert DUAL.dual_stack and not POLICY.dual_stack
+    with pytest.raises(ValueError, match="IPv6SubnetLen"):
+        LeasePolicy.build(NET, 24, ipv6_network=NET6)
+
+
+def test_an_ipv4_half_still_fails_first_in_a_dual_network() -> None:
+    book = LeaseBook(DUAL)
+    book.put(kv("10.244.3.0-24&fd01::-64", dvalue(ip="0.0.0.0"), 5))
+    rejection = book.rejected[subnets_prefix(PREFIX) + "10.244.3.0-24&fd01::-64"]
+    assert rejection.reason is RejectReason.BAD_PUBLIC_IP and "IPv6" not in rejection.detail
+    assert book.disowned_routes6() == {(IPv6Network("fd01::/64"), IPv6Address("2001:db8:18::2"))}
+
+
+A6 = "10.244.1.0-24&fd00:244:0:1::-64"
+B6 = "10.244.2.0-24&fd00:244:0:1::-64"  # another IPv4 subnet, the same IPv6 half
+C6 = "10.244.2.0-24&fd00:244:0:2::-64"  # B's IPv4 subnet, another IPv6 half
+
+
+def test_first_holder_of_an_ipv6_half_wins_and_the_next_takes_over() -> None:
+    book = LeaseBook(DUAL)
+    book.put(kv(A6, dvalue("2001:db8:18::2"), 10))
+    assert book.put(kv(B6, dvalue("2001:db8:18::9", ip="198.18.0.9"), 11)) == []
+    assert list(book.accepted) == [IPv4Network("10.244.1.0/24")]
+    rejection = book.rejected[subnets_prefix(PREFIX) + B6]
+    assert rejection.reason is RejectReason.OVERLAP
+    assert "fd00:244:0:1::/64 (the IPv6 half)" in rejection.detail and A6 in rejection.detail
+    # another node that lists both at once (in key order: the later key last) agrees, and so
+    # does one that saw them in the other order
+    for kvs in ([kv(A6, dvalue(), 10), kv(B6, dvalue(ip="198.18.0.9"), 11)],
+                [kv(B6, dvalue(ip="198.18.0.9"), 11), kv(A6, dvalue(), 10)]):
+        other = LeaseBook(DUAL)
+        other.load(kvs, 11)
+        assert list(other.accepted) == list(book.accepted) and set(other.rejected) == set(book.rejected)
+    # in an IPv4-only network the IPv6 halves do not compete
+    v4 = LeaseBook(POLICY)
+    v4.put(kv(A6, dvalue(), 10))
+    v4.put(kv(B6, dvalue(ip="198.18.0.9"), 11))
+    assert len(v4.accepted) == 2 and v4.rejected == {}
+    # the holder goes: the other claim takes over, announced after the removal
+    events = book.delete(subnets_prefix(PREFIX) + A6, 12)
+    assert [(e.kind, str(e.lease.subnet)) for e in events] == [
+        (LeaseEventKind.REMOVED, "10.244.1.0/24"), (LeaseEventKind.ADDED, "10.244.2.0/24")]
+    assert book.rejected == {} and book.counts == {}
+    assert book.key_of(IPv6Network("fd00:244:0:1::/64")) == subnets_prefix(PREFIX) + B6
+    # a late replay of the first holder's write undoes nothing
+    assert book.put(kv(A6, dvalue(), 10)) == []
+    assert list(book.accepted) == [IPv4Network("10.244.2.0/24")]
+    # it comes back (a new key: created after B): B keeps the half
+    assert book.put(kv(A6, dvalue(), 13)) == []
+    assert reason(book, A6) is RejectReason.OVERLAP
+
+
+def test_a_freed_claim_moves_down_the_chain_of_holders() -> None:
+    # A holds fd00:244:0:1::/64, so B (same half) loses, so C takes B's IPv4 subnet.
+    book = LeaseBook(DUAL)
+    book.put(kv(A6, dvalue(), 10))
+    book.put(kv(B6, dvalue(ip="198.18.0.9"), 11))
+    book.put(kv(C6, dvalue(ip="198.18.0.8"), 12))
+    assert {book.key_of(s) for s in book.accepted} == {subnets_prefix(PREFIX) + n for n in (A6, C6)}
+    # A goes: B (created before C) takes both its halves, C loses its IPv4 subnet to B
+    events = book.delete(subnets_prefix(PREFIX) + A6, 13)
+    assert [(e.kind, str(e.lease.attrs.public_ip)) for e in events] == [
+        (LeaseEventKind.REMOVED, "198.18.0.2"), (LeaseEventKind.ADDED, "198.18.0.9")]
+    assert list(book.rejected) == [subnets_prefix(PREFIX) + C6]
+    assert "subnet 10.244.2.0/24 is already held by key " + B6 in book.rejected[
+        subnets_prefix(PREFIX) + C6].detail
+    # B turns bad (policy): C takes over again
+    events = book.put(kv(B6, dvalue("fe80::9", ip="198.18.0.9"), 14, created=11))
+    assert [(e.kind, str(e.lease.attrs.public_ip)) for e in events] == [
+        (LeaseEventKind.ADDED, "198.18.0.8")]
+    assert reason(book, B6) is RejectReason.BAD_PUBLIC_IP and len(book.rejected) == 1
+    # a listing of the end state agrees with the book fed event by event
+    listed = LeaseBook(DUAL)
+    listed.load([kv(B6, dvalue("fe80::9", ip="198.18.0.9"), 14, created=11),
+                 kv(C6, dvalue(ip="198.18.0.8"), 12)], 14)
+    assert listed.accepted == book.accepted
+    assert {k: r.reason for k, r in listed.rejected.items()} == {
+        k: r.reason for k, r in book.rejected.items()}
+
+
+def test_a_freed_half_passes_over_a_claim_blocked_elsewhere() -> None:
+    e, h = "10.244.5.0-24&fd00:244:0:5::-64", "10.244.1.0-24&fd00:244:0:1::-64"
+    c1 = "10.244.5.0-24&fd00:244:0:1::-64"  # wants H's IPv6 half, but E holds its IPv4 subnet
+    c2 = "10.244.2.0-24&fd00:244:0:1::-64"  # wants H's IPv6 half only
+    book = LeaseBook(DUAL)
+    for i, name in enumerate((e, h, c1, c2)):
+        book.put(kv(name, dvalue(ip=f"198.18.0.{i + 2}"), 10 + i))
+    assert {book.key_of(s) for s in book.accepted} == {subnets_prefix(PREFIX) + n for n in (e, h)}
+    # H goes: C1 is next for the IPv6 half but cannot take it (E), so C2 takes it
+    events = book.delete(subnets_prefix(PREFIX) + h, 20)
+    assert [(e.kind, str(e.lease.subnet)) for e in events] == [
+        (LeaseEventKind.REMOVED, "10.244.1.0/24"), (LeaseEventKind.ADDED, "10.244.2.0/24")]
+    assert book.key_of(IPv6Network("fd00:244:0:1::/64")) == subnets_prefix(PREFIX) + c2
+    assert list(book.rejected) == [subnets_prefix(PREFIX) + c1]
+    # E goes too: C1 (created before C2) takes both its halves, C2 loses the IPv6 half
+    events = book.delete(subnets_prefix(PREFIX) + e, 21)
+    assert [(e.kind, str(e.lease.subnet)) for e in events] == [
+        (LeaseEventKind.REMOVED, "10.244.2.0/24"), (LeaseEventKind.ADDED, "10.244.5.0/24")]
+    assert list(book.rejected) == [subnets_prefix(PREFIX) + c2]
+
+
+def test_many_claims_on_one_half_hand_over_in_create_order() -> None:
+    # 2000 keys for one IPv4 subnet, 2000 for one IPv6 half; listed latest first (each one
+    # displaces the one before), then the holders go one by one and the next takes over
+    # (each change looks at the claims it frees, not at all of them).
+    policy = LeasePolicy.build(IPv4Network("10.0.0.0/8"), 24, ipv6_network=IPv6Network("fd00::/48"),
+                               ipv6_subnet_len=64)
+    book = LeaseBook(policy)
+    one_v4 = [kv(f"10.244.7.0-24&fd00:0:0:{i + 1:x}::-64", dvalue(), 10 + i) for i in range(2000)]
+    one_v6 = [kv(f"10.{i // 250 + 1}.{i % 250}.0-24&fd00:0:0:ffff::-64", dvalue(), 4000 + i)
+              for i in range(2000)]
+    book.load(reversed(one_v4 + one_v6), 9000)
+    assert book.key_of(IPv4Network("10.244.7.0/24")) == one_v4[0].key
+    assert book.key_of(IPv6Network("fd00:0:0:ffff::/64")) == one_v6[0].key
+    assert len(book.accepted) == 2 and book.counts == {RejectReason.OVERLAP: 3998}
+    revision = 10000
+    for i in range(1999):
+        revision += 1
+        events = book.delete(one_v4[i].key, revision)  # the same subnet, its next holder
+        assert [(e.kind, e.lease.ipv6_subnet) for e in events] == [
+            (LeaseEventKind.ADDED, parse_subnet_key(one_v4[i + 1].key)[1])]
+        revision += 1
+        events = book.delete(one_v6[i].key, revision)  # the next holder of the IPv6 half
+        assert [(e.kind, str(e.lease.subnet)) for e in events] == [
+            (LeaseEventKind.REMOVED, str(parse_subnet_key(one_v6[i].key)[0])),
+            (LeaseEventKind.ADDED, str(parse_subnet_key(one_v6[i + 1].key)[0]))]
+    assert book.rejected == {} and len(book.accepted) == 2
 
 
 # ---- aggregated logs -------------------------------------------------------------------------

@@ -283,7 +283,10 @@ _MESSAGES: list[tuple[int, re.Pattern[str], str]] = [
     (3, re.compile(r"no saved state for container .*", re.S), "CNI_CONTAINERID"),
     (11, re.compile(r"loadFlannelSubnetEnv failed: .*", re.S), "subnetFile"),
     (50, re.compile(r"loadFlannelSubnetEnv failed: .*", re.S), "subnetFile"),
-    (100, re.compile(r"loadFlannelSubnetEnv failed: .*: FLANNEL_\w+: .*", re.S), "subnetFile"),
+    # a value that does not parse: the reference's text (Go's parse error); which file and
+    # variable is in the error's details
+    (100, re.compile(r"loadFlannelSubnetEnv failed: (invalid (CIDR|IP) address: |strconv\.ParseUint: "
+                     r"|FLANNEL_\w+ has no value).*", re.S), "subnetFile"),
     (101, re.compile(r'failed to find plugin ".*" in path \[.*\]', re.S), "delegate.type"),
     (101, re.compile(r"no plugin name provided"), "delegate.type"),
     (101, re.compile(r"invalid plugin name: .*", re.S), "delegate.type"),
