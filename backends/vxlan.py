@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -269,15 +268,18 @@ def plan_peers(
     *,
     device_index: int,
     ext_index: int,
-    network: IPv4Network,
+    network: IPNetwork,
     direct_routing: bool = False,
     on_link: frozenset[IPAddress] = frozenset(),
+    subnet_len: int | None = None,
 ) -> list[Op]:
     """The pure planner: ops turning ``observed`` into the entries ``peers`` need, deleting
-    entries that are ours (see ``owned_by_vxlan``) and that no peer wants."""
+    entries that are ours (see ``owned_by_vxlan``) and that no peer wants.  For the IPv6
+    half: ``network`` the IPv6Network, ``subnet_len`` its IPv6SubnetLen, the IPv6 device."""
     specs = peer_specs(peers, device_index, ext_index, direct_routing, on_link)
     desired = [obj for spec in specs.values() for obj in peer_objects(spec)]
-    return diff(desired, observed, owned_by_vxlan(own, device_index, ext_index, network))
+    return diff(desired, observed, owned_by_vxlan(own, device_index, ext_index, network,
+                                                  subnet_len=subnet_len))
 
 
 VXLAN6_OVERHEAD = 70  # outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14

@@ -285,3 +285,46 @@ def test_incremental_plans_only_changed_peers() -> None:
         Delete(FdbEntry(DEV, MAC_C, A("198.18.0.3"))),
     ]
     assert plan_changed(new, new, peer_objects, applied) == []
+
+
+def test_ipv6_half_golden() -> None:
+    """The IPv6 half of a dual-stack lease on flannel-v6.1 (DEV6): what Go's handleSubnetEvents
+    adds for it (neigh S6:: lladdr M6, fdb M6 dst PublicIPv6, route S6 via S6:: onlink), and
+    what a full pass deletes (stale entries on the device; a /64 of the IPv6Network via a
+    gateway on the external interface) or keeps (another length, the kernel's own routes)."""
+    from ipaddress import IPv6Address as A6
+    from ipaddress import IPv6Network as N6
+
+    from flanneld.backends.family import V6
+
+    dev6, mac6 = 8, "0a:00:00:00:06:0b"
+    own = Lease(N("10.244.1.0/24"), OWN.attrs, ipv6_subnet=N6("fd10:244:0:1::/64"))
+    peer = Lease(N("10.244.2.0/24"), LeaseAttrs(
+        A("198.18.0.2"), "vxlan", make_backend_data({"VNI": 1, "VtepMAC": MAC_B}),
+        public_ipv6=A6("2001:db8:18::2"),
+        backend_v6_data=make_backend_data({"VNI": 1, "VtepMAC": mac6})),
+        ipv6_subnet=N6("fd10:244:0:2::/64"))
+    v6 = vxlan_peer(peer, V6)
+    assert v6 is not None and (v6.subnet, v6.public_ip, v6.vtep_mac) == (
+        N6("fd10:244:0:2::/64"), A6("2001:db8:18::2"), mac6)
+    assert vxlan_peer(Lease(peer.subnet, OWN.attrs), V6) is None  # an IPv4-only lease
+    observed: list[KernelObject] = [
+        Route(N6("fd10:244:0:9::/64"), dev6, A6("fd10:244:0:9::"), onlink=True),  # stale
+        Neighbour(dev6, A6("fd10:244:0:9::"), "0a:00:00:00:06:09"),  # stale
+        Route(N6("fd10:244:0:7::/64"), EXT, A6("2001:db8:18::7")),  # old host-gw route
+        Route(N6("fd10:244:0:8::/80"), EXT, A6("2001:db8:18::8")),  # another length: kept
+        Neighbour(dev6, A6("fe80::1"), "0a:00:00:00:06:01", permanent=False),  # the kernel's
+    ]
+    ops = plan_peers(own, [v6], observed, device_index=dev6, ext_index=EXT,
+                     network=N6("fd10:244::/56"), subnet_len=64)
+    assert ops == [
+        Replace(FdbEntry(dev6, mac6, A6("2001:db8:18::2"))),
+        Replace(Neighbour(dev6, A6("fd10:244:0:2::"), mac6)),
+        Replace(Route(N6("fd10:244:0:2::/64"), dev6, A6("fd10:244:0:2::"), onlink=True)),
+        Delete(Route(N6("fd10:244:0:7::/64"), EXT, A6("2001:db8:18::7"))),
+        Delete(Route(N6("fd10:244:0:9::/64"), dev6, A6("fd10:244:0:9::"), onlink=True)),
+        Delete(Neighbour(dev6, A6("fd10:244:0:9::"), "0a:00:00:00:06:09")),
+    ]
+    assert all(op.obj.family == 10 for op in ops if isinstance(op, (Replace, Delete)))
+    assert plan_address(own, dev6, [Address(dev6, A6("fe80::1"), 64)], V6) == [
+        Replace(Address(dev6, A6("fd10:244:0:1::"), 128))]  # link-local left to the kernel
