@@ -2,6 +2,7 @@
 
 Run as root:  .venv/bin/python bench/datapath.py [--quick] [--backends vxlan,host-gw,udp]
               [--reps 3] [--seconds 5] [--pps-seconds 3] [--pings 200] [--json PATH]
+              [--dual-stack]
 
 For each backend a lab ``flabb2`` is built (2 nodes, one pod per node attached through our CNI
 plugin, flanneld with ``--ip-masq`` as kube-flannel runs it).  Inside that lab two paths are
@@ -15,6 +16,22 @@ Per path and run: TCP throughput (iperf3, ``--seconds``), 64-byte UDP packets pe
 received by the server (iperf3 -u -l 64 -b 0, ``--pps-seconds``), and ping RTT p50/p99
 (``--pings`` pings 10 ms apart).  Each figure is the median of ``--reps`` runs.  The ratio of a
 backend to the raw underlay is taken against the raw runs of the same lab (same minutes).
+
+``--dual-stack`` (vxlan and host-gw; udp has no IPv6): the lab is built with ``lab up
+--dual-stack`` (node i also has 2001:db8:18::<i>/64, each pod an IPv6 address in fd10:244::/56,
+recorded as ``address6``) and four paths are measured in it:
+
+    raw4      node n1 -> node n2, 198.18.0.1 -> 198.18.0.2
+    overlay4  pod n1p1 -> pod n2p1, IPv4 addresses
+    raw6      node n1 -> node n2, 2001:db8:18::1 -> 2001:db8:18::2 (iperf3 -6, ping -6)
+    overlay6  pod n1p1 -> pod n2p1, IPv6 addresses
+
+in the order raw4, overlay4, raw6, overlay6 on odd runs and the reverse on even ones (so raw and
+overlay of each family alternate as above, and so do the families).  Per backend a table gives
+each overlay's ratio to the raw path of its own family and IPv6 against IPv4 (overlay6 /
+overlay4, raw6 / raw4).  The JSON keeps ``raw``/``overlay`` for IPv4 and adds ``raw6``/
+``overlay6``.  The pods' MTU is printed per lab (dual-stack vxlan: 1430, the IPv6 VTEP's
+overhead, vs 1450 IPv4-only).  Without ``--dual-stack`` nothing changes.
 
 The machine has 2 cores shared with other engineers' work and iperf3's sender and receiver
 compete with the datapath for them: read ratios within one run, not absolute figures.
@@ -44,11 +61,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "netns-lab"))
 
 from netnslab import lab as labmod  # noqa: E402
-from netnslab.names import LabNames, node_address  # noqa: E402
+from netnslab.names import LabNames, node_address, node_address6  # noqa: E402
 from netnslab.state import LabState  # noqa: E402
 
 LAB_NAME = "flabb2"
 BACKENDS = ("vxlan", "host-gw", "udp")
+BACKENDS_DUAL = ("vxlan", "host-gw")  # udp has no IPv6
+DUAL_PATHS = ("raw4", "overlay4", "raw6", "overlay6")
 IPERF_PORT = "5201"
 METRICS = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms")
 HEADERS = {
@@ -67,10 +86,11 @@ class DatapathBroken(RuntimeError):
 class Path_:
     """Where traffic starts and where it goes: a namespace pair and the destination address."""
 
-    name: str  # raw | overlay
+    name: str  # raw | overlay (dual stack: raw4 | overlay4 | raw6 | overlay6)
     src_ns: str
     dst_ns: str
     dst_ip: str
+    family: int = 4  # 6: iperf3 -6, ping -6
 
 
 def run(ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -134,6 +154,7 @@ def iperf(path: Path_, seconds: float, extra: list[str]) -> dict[str, Any]:
                 "--connect-timeout",
                 "3000",
                 "-J",
+                *(["-6"] if path.family == 6 else []),
                 *extra,
             ],
             seconds + 20,
@@ -163,8 +184,11 @@ def udp_pps(path: Path_, seconds: float) -> tuple[float, float]:
 
 def ping_rtts(path: Path_, count: int) -> tuple[list[float], int]:
     """RTTs in ms of ``count`` pings 10 ms apart, and how many were sent."""
+    six = ["-6"] if path.family == 6 else []
     res = run(
-        path.src_ns, ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", path.dst_ip], count * 0.01 + 15
+        path.src_ns,
+        ["ping", *six, "-n", "-c", str(count), "-i", "0.01", "-W", "1", path.dst_ip],
+        count * 0.01 + 15,
     )
     return [float(x) for x in re.findall(r"time=([\d.]+) ms", res.stdout)], count
 
@@ -200,13 +224,18 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def lab(name: str, backend: str) -> Iterator[LabState]:
+def lab(name: str, backend: str, dual_stack: bool = False) -> Iterator[LabState]:
     labmod.down(name)  # leftovers of an interrupted run
     try:
         state = labmod.up(
             name,
             labmod.UpOptions(
-                nodes=2, backend=backend, pods_per_node=1, flanneld_args=("--ip-masq",), timeout=60.0
+                nodes=2,
+                backend=backend,
+                pods_per_node=1,
+                flanneld_args=("--ip-masq",),
+                timeout=60.0,
+                dual_stack=dual_stack,
             ),
         )
         yield state
@@ -214,27 +243,59 @@ def lab(name: str, backend: str) -> Iterator[LabState]:
         labmod.down(name)
 
 
+def mtu(ns: str, dev: str) -> int:
+    m = re.search(r" mtu (\d+)", run(ns, ["ip", "-o", "link", "show", "dev", dev], 5).stdout)
+    return int(m.group(1)) if m else 0
+
+
 def bench_backend(
-    backend: str, reps: int, seconds: float, pps_seconds: float, pings: int
+    backend: str, reps: int, seconds: float, pps_seconds: float, pings: int, dual_stack: bool = False
 ) -> dict[str, list[dict[str, float]]]:
-    """Runs of the raw path and of the overlay path, interleaved, in one lab of ``backend``."""
-    runs: dict[str, list[dict[str, float]]] = {"raw": [], "overlay": []}
-    with lab(LAB_NAME, backend) as state:
+    """Runs of the raw path and of the overlay path, interleaved, in one lab of ``backend``.
+
+    ``dual_stack``: the four paths of ``DUAL_PATHS``, keyed raw/overlay (IPv4), raw6/overlay6."""
+    with lab(LAB_NAME, backend, dual_stack) as state:
         names = LabNames(LAB_NAME)
-        dst_pod = state.nodes[2].pods[0]
-        paths = {
-            "raw": Path_("raw", names.node_ns(1), names.node_ns(2), str(node_address(2).ip)),
-            "overlay": Path_(
-                "overlay", state.nodes[1].pods[0].name, dst_pod.name, dst_pod.address.split("/")[0]
-            ),
-        }
+        src_pod, dst_pod = state.nodes[1].pods[0], state.nodes[2].pods[0]
+        n1, n2 = names.node_ns(1), names.node_ns(2)
+        if not dual_stack:
+            paths = {
+                "raw": Path_("raw", n1, n2, str(node_address(2).ip)),
+                "overlay": Path_("overlay", src_pod.name, dst_pod.name, dst_pod.address.split("/")[0]),
+            }
+            orders: tuple[tuple[str, ...], ...] = (("raw", "overlay"), ("overlay", "raw"))
+            labels = {"raw": "raw underlay", "overlay": backend}
+        else:
+            if not dst_pod.address6:
+                raise DatapathBroken(f"dual stack: pod {dst_pod.name} has no IPv6 address")
+            paths = {
+                "raw": Path_("raw4", n1, n2, str(node_address(2).ip)),
+                "overlay": Path_("overlay4", src_pod.name, dst_pod.name, dst_pod.address.split("/")[0]),
+                "raw6": Path_("raw6", n1, n2, str(node_address6(2).ip), family=6),
+                "overlay6": Path_(
+                    "overlay6", src_pod.name, dst_pod.name, dst_pod.address6.split("/")[0], family=6
+                ),
+            }
+            forward = ("raw", "overlay", "raw6", "overlay6")
+            orders = (forward, tuple(reversed(forward)))
+            labels = {
+                "raw": "raw IPv4",
+                "overlay": f"{backend} IPv4",
+                "raw6": "raw IPv6",
+                "overlay6": f"{backend} IPv6",
+            }
+            print(
+                f"  MTU: underlay {mtu(n1, names.uplink)}, pod eth0 {mtu(src_pod.name, 'eth0')} "
+                f"(both families); overlay6 dst {paths['overlay6'].dst_ip}",
+                flush=True,
+            )
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
         for rep in range(reps):
-            order = ("raw", "overlay") if rep % 2 == 0 else ("overlay", "raw")
-            for which in order:
+            for which in orders[rep % 2]:
                 t0 = time.monotonic()
                 r = measure(paths[which], seconds, pps_seconds, pings)
                 runs[which].append(r)
-                label = "raw underlay" if which == "raw" else backend
+                label = labels[which]
                 print(
                     f"  run {rep + 1} {label:13} TCP {r['tcp_gbps']:7.3f} Gbit/s  "
                     f"{r['pps_64']:7.0f} pps (of {r['pps_64_sent']:6.0f} sent)  RTT p50 {r['rtt_p50_ms']:.3f} p99 {r['rtt_p99_ms']:.3f} ms"
@@ -269,6 +330,38 @@ def print_table(results: dict[str, dict[str, list[dict[str, float]]]], reps: int
         print(f"  {'in the ' + backend + ' lab':20}" + "".join(_cell(k, paired[k]) for k in METRICS))
 
 
+def print_dual_tables(results: dict[str, dict[str, list[dict[str, float]]]], reps: int) -> None:
+    """One table per backend: the four paths of its lab, ratios within the lab."""
+    print(
+        f"\nmedians of {reps} run(s) per path; 'x raw' = path / raw path of the same family in the "
+        "same lab, 'v6 x v4' = IPv6 path / IPv4 path of the same kind (higher is better for TCP "
+        "and pps, lower for RTT)"
+    )
+    head = "".join(f"{HEADERS[k]:>12}" for k in METRICS)
+    ratio_head = "".join(f"{label:>8}" for label in ("TCP x", "pps x", "p50 x", "p99 x"))
+    rows = (
+        ("raw IPv4 underlay", "raw", "raw", "raw"),
+        ("{b} IPv4 pod-to-pod", "overlay", "raw", "overlay"),
+        ("raw IPv6 underlay", "raw6", "raw6", "raw"),
+        ("{b} IPv6 pod-to-pod", "overlay6", "raw6", "overlay"),
+    )
+    for backend, runs in results.items():
+        med = {k: medians(v) for k, v in runs.items()}
+        print(f"\n{backend} (dual-stack lab):")
+        print(f"{'path':24}{head}   {'x raw (same family)':>32}   {'v6 x v4':>32}")
+        print(f"{'':24}{'':48}   {ratio_head}   {ratio_head}")
+        for label, key, raw_key, v4_key in rows:
+            m = med[key]
+            line = f"{label.format(b=backend):24}" + "".join(_cell(k, m[k]) for k in METRICS)
+            if key == raw_key:
+                line += f"   {'1':>8}{'':24}"
+            else:
+                line += "   " + "".join(f"{m[k] / med[raw_key][k]:7.2f}x" for k in METRICS)
+            if key != v4_key:
+                line += "   " + "".join(f"{m[k] / med[v4_key][k]:7.2f}x" for k in METRICS)
+            print(line.rstrip())
+
+
 def _cell(metric: str, value: float) -> str:
     if metric == "pps_64":
         return f"{value:12.0f}"
@@ -277,14 +370,25 @@ def _cell(metric: str, value: float) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument(
+        "--backends", help=f"default {','.join(BACKENDS)} ({','.join(BACKENDS_DUAL)} with --dual-stack)"
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="TCP iperf3 duration")
     ap.add_argument("--pps-seconds", type=float, default=3.0, help="64-byte UDP iperf3 duration")
     ap.add_argument("--pings", type=int, default=200)
     ap.add_argument("--json", help="also write every run and the medians here")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1 run, 1 s iperf3, 50 pings")
+    ap.add_argument(
+        "--dual-stack",
+        action="store_true",
+        help="dual-stack lab: raw and overlay paths of IPv4 and of IPv6 (vxlan, host-gw)",
+    )
     args = ap.parse_args()
+    if args.backends is None:
+        args.backends = ",".join(BACKENDS_DUAL if args.dual_stack else BACKENDS)
+    if args.dual_stack and (bad := [b for b in args.backends.split(",") if b not in BACKENDS_DUAL]):
+        ap.error(f"--dual-stack: no IPv6 in backend(s) {', '.join(bad)} (use {','.join(BACKENDS_DUAL)})")
     if os.geteuid() != 0:
         sys.exit("datapath bench needs root (it builds a netns lab)")
     if args.quick:
@@ -292,7 +396,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     backends = args.backends.split(",")
     print(
-        f"datapath: 2-node lab {LAB_NAME} per backend, {args.reps} run(s) per path, TCP "
+        f"datapath: 2-node {'dual-stack ' if args.dual_stack else ''}lab {LAB_NAME} per backend, "
+        f"{args.reps} run(s) per path, TCP "
         f"{args.seconds:g} s, 64 B UDP {args.pps_seconds:g} s, {args.pings} pings at 10 ms",
         flush=True,
     )
@@ -302,17 +407,22 @@ def main() -> int:
         print(f"{backend}:", flush=True)
         t0 = time.monotonic()
         try:
-            results[backend] = bench_backend(backend, args.reps, args.seconds, args.pps_seconds, args.pings)
+            results[backend] = bench_backend(
+                backend, args.reps, args.seconds, args.pps_seconds, args.pings, args.dual_stack
+            )
         except (DatapathBroken, subprocess.TimeoutExpired) as exc:
             print(f"  BROKEN: {exc}", flush=True)
             broken.append(backend)
             continue
         print(f"  ({time.monotonic() - t0:.0f}s)", flush=True)
     if results:
-        print_table(results, args.reps)
+        (print_dual_tables if args.dual_stack else print_table)(results, args.reps)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"runs": results, "broken": broken}, indent=1))
+        doc: dict[str, Any] = {"runs": results, "broken": broken}
+        if args.dual_stack:
+            doc["dual_stack"] = True
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     if broken:
         print(f"FAIL: datapath not working for {', '.join(broken)}")
         return 1
