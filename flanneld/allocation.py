@@ -13,12 +13,15 @@ lease) are never handed to anyone else.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import TypeVar
 
 from flanneld.errors import OutOfSubnetsError
 from flanneld.lease import Lease
 from flanneld.netconfig import NetworkConfig
+
+N = TypeVar("N", IPv4Network, IPv6Network)
 
 MAX_CANDIDATES = 100
 
@@ -113,13 +116,10 @@ def pick_subnet(
     rng: random.Random,
 ) -> IPv4Network:
     """The previous subnet if it is free and fits the config, else a random free one."""
-    if previous is not None and config.contains_subnet(previous) and not _overlaps_any(
-            previous, _ranges(taken)):
+    if _reusable(previous, taken, config.contains_subnet):
+        assert previous is not None
         return previous
-    candidates = free_subnets(config, taken)
-    if not candidates:
-        raise out_of_subnets(config)
-    return rng.choice(candidates)
+    return _choose(free_subnets(config, taken), lambda: out_of_subnets(config), rng)
 
 
 def pick_ipv6_subnet(
@@ -130,10 +130,18 @@ def pick_ipv6_subnet(
 ) -> IPv6Network:
     """The IPv6 half: the previous one (FLANNEL_IPV6_SUBNET) if it is free and fits the config,
     else a random pick among the first free ones from IPv6SubnetMin up (``rng`` decides)."""
-    if previous is not None and config.contains_ipv6_subnet(previous) and not _overlaps_any(
-            previous, _ranges(taken)):
+    if _reusable(previous, taken, config.contains_ipv6_subnet):
+        assert previous is not None
         return previous
-    candidates = free_ipv6_subnets(config, taken)
+    return _choose(free_ipv6_subnets(config, taken), lambda: out_of_ipv6_subnets(config), rng)
+
+
+def _reusable(previous: N | None, taken: Collection[N], fits: Callable[[N], bool]) -> bool:
+    """A previous subnet is reused when it fits the config and no key overlaps it."""
+    return previous is not None and fits(previous) and not _overlaps_any(previous, _ranges(taken))
+
+
+def _choose(candidates: Sequence[N], exhausted: Callable[[], Exception], rng: random.Random) -> N:
     if not candidates:
-        raise out_of_ipv6_subnets(config)
+        raise exhausted()
     return rng.choice(candidates)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from flanneld.errors import NetworkConfigError
 
@@ -204,25 +204,36 @@ def _ipv4_part(fields: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, I
     else:
         subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
 
-    size = 1 << (32 - subnet_len)
-    subnet_min = _ipv4(fields, "subnetmin", "SubnetMin")
-    subnet_max = _ipv4(fields, "subnetmax", "SubnetMax")
-    if subnet_min is None:
-        subnet_min = network.network_address + size
-    elif subnet_min not in network:
-        raise NetworkConfigError("SubnetMin", f"{subnet_min} is not inside Network {network}")
-    if subnet_max is None:
-        subnet_max = IPv4Address(int(network.broadcast_address) + 1 - size)
-    elif subnet_max not in network:
-        raise NetworkConfigError("SubnetMax", f"{subnet_max} is not inside Network {network}")
-    mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
-    if int(subnet_min) & mask != int(subnet_min):
-        raise NetworkConfigError("SubnetMin", f"{subnet_min} is not on a /{subnet_len} boundary")
-    if int(subnet_max) & mask != int(subnet_max):
-        raise NetworkConfigError("SubnetMax", f"{subnet_max} is not on a /{subnet_len} boundary")
-    if subnet_min > subnet_max:
-        raise NetworkConfigError("SubnetMin", f"{subnet_min} is above SubnetMax {subnet_max}")
+    subnet_min, subnet_max = _subnet_range(
+        network, subnet_len, _ipv4(fields, "subnetmin", "SubnetMin"),
+        _ipv4(fields, "subnetmax", "SubnetMax"), "")
     return network, subnet_len, subnet_min, subnet_max
+
+
+A = TypeVar("A", IPv4Address, IPv6Address)
+
+
+def _subnet_range(network: IPv4Network | IPv6Network, subnet_len: int, subnet_min: A | None,
+                  subnet_max: A | None, family: str) -> tuple[A, A]:
+    """``<family>SubnetMin`` / ``SubnetMax`` (family "" or "IPv6"): by default the second and
+    the last subnet; else inside the network, on a subnet boundary, min <= max."""
+    size = 1 << (network.max_prefixlen - subnet_len)
+    first = network.network_address + size
+    kind = type(first)
+    lo = subnet_min if subnet_min is not None else cast(A, first)
+    hi = subnet_max if subnet_max is not None else cast(
+        A, kind(int(network.broadcast_address) + 1 - size))
+    for name, value in (("SubnetMin", lo), ("SubnetMax", hi)):
+        if value not in network:
+            raise NetworkConfigError(f"{family}{name}",
+                                     f"{value} is not inside {family}Network {network}")
+    for name, value in (("SubnetMin", lo), ("SubnetMax", hi)):
+        if int(value) & (size - 1):
+            raise NetworkConfigError(f"{family}{name}",
+                                     f"{value} is not on a /{subnet_len} boundary")
+    if lo > hi:
+        raise NetworkConfigError(f"{family}SubnetMin", f"{lo} is above {family}SubnetMax {hi}")
+    return lo, hi
 
 
 def _ipv6_part(fields: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Address]:
@@ -254,24 +265,9 @@ def _ipv6_part(fields: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, I
     else:
         subnet_len = 64 if network.prefixlen <= 62 else network.prefixlen + 2
 
-    size = 1 << (128 - subnet_len)
-    subnet_min = _ipv6(fields, "ipv6subnetmin", "IPv6SubnetMin")
-    subnet_max = _ipv6(fields, "ipv6subnetmax", "IPv6SubnetMax")
-    if subnet_min is None:
-        subnet_min = network.network_address + size
-    elif subnet_min not in network:
-        raise NetworkConfigError("IPv6SubnetMin", f"{subnet_min} is not inside IPv6Network {network}")
-    if subnet_max is None:
-        subnet_max = IPv6Address(int(network.broadcast_address) + 1 - size)
-    elif subnet_max not in network:
-        raise NetworkConfigError("IPv6SubnetMax", f"{subnet_max} is not inside IPv6Network {network}")
-    host_bits = size - 1
-    if int(subnet_min) & host_bits:
-        raise NetworkConfigError("IPv6SubnetMin", f"{subnet_min} is not on a /{subnet_len} boundary")
-    if int(subnet_max) & host_bits:
-        raise NetworkConfigError("IPv6SubnetMax", f"{subnet_max} is not on a /{subnet_len} boundary")
-    if subnet_min > subnet_max:
-        raise NetworkConfigError("IPv6SubnetMin", f"{subnet_min} is above IPv6SubnetMax {subnet_max}")
+    subnet_min, subnet_max = _subnet_range(
+        network, subnet_len, _ipv6(fields, "ipv6subnetmin", "IPv6SubnetMin"),
+        _ipv6(fields, "ipv6subnetmax", "IPv6SubnetMax"), "IPv6")
     return network, subnet_len, subnet_min, subnet_max
 
 

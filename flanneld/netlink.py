@@ -35,7 +35,7 @@ import errno as errno_mod
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeVar
 
@@ -215,6 +215,32 @@ def _open_socket(netns: str | None) -> socket.socket:
     return result
 
 
+class DumpReader:
+    """The answers to one dump request, read datagram by datagram (the blocking reader and
+    the loop-driven one share it): answers of other requests (a dump that was cancelled) are
+    skipped, ``done`` at NLMSG_DONE, ``interrupted`` when the kernel flagged the dump
+    inconsistent (the caller asks again), a kernel error raised as KernelError."""
+
+    def __init__(self, mtype: int, seq: int) -> None:
+        self.mtype, self.seq = mtype, seq
+        self.done = self.interrupted = False
+
+    def answers(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        for rtype, flags, rseq, rbody in messages(data):
+            if rseq != self.seq:
+                continue
+            self.interrupted |= bool(flags & NLM_F_DUMP_INTR)
+            if rtype == NLMSG_DONE:
+                self.done = True
+            elif rtype == NLMSG_ERROR:
+                err, msg = parse_error(rbody, flags)
+                if err:
+                    raise KernelError(f"netlink dump {self.mtype}: {msg or os.strerror(err)}", err)
+                self.done = True
+            else:
+                yield rtype, rbody
+
+
 class RawRtnl:
     """Blocking rtnetlink socket with pipelined requests; not thread-safe (callers serialize)."""
 
@@ -295,25 +321,10 @@ class RawRtnl:
             seq = self.seq
             self.sock.send(frame((mtype, NLM_F_DUMP, body), seq, self.pid, ack=False))
             out: list[tuple[int, bytes]] = []
-            interrupted = False
-            done = False
-            while not done:
-                data = self.sock.recv(1 << 20)
-                for rtype, flags, rseq, rbody in messages(data):
-                    if rseq != seq:
-                        continue
-                    interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                    if rtype == NLMSG_DONE:
-                        done = True
-                    elif rtype == NLMSG_ERROR:
-                        err, msg = parse_error(rbody, flags)
-                        if err:
-                            raise KernelError(f"netlink dump {mtype}: {msg or os.strerror(err)}",
-                                              err)
-                        done = True
-                    else:
-                        out.append((rtype, rbody))
-            if not interrupted:
+            reader = DumpReader(mtype, seq)
+            while not reader.done:
+                out.extend(reader.answers(self.sock.recv(1 << 20)))
+            if not reader.interrupted:
                 return out
         raise KernelError(f"netlink dump {mtype} kept being interrupted", errno_mod.EINTR)
 
@@ -422,28 +433,17 @@ class Netlink:
                 await loop.sock_sendall(raw.sock, frame((mtype, NLM_F_DUMP, body), seq, raw.pid,
                                                         ack=False))
                 out: list[T] = []
-                interrupted = done = False
-                while not done:
+                reader = DumpReader(mtype, seq)
+                while not reader.done:
                     async with asyncio.timeout(RawRtnl.RECV_TIMEOUT):
                         data = await loop.sock_recv(raw.sock, 1 << 16)
-                    for n, (rtype, flags, rseq, rbody) in enumerate(messages(data), 1):
+                    for n, (_, rbody) in enumerate(reader.answers(data), 1):
                         if n % self.PARSE_STEP == 0:
                             await asyncio.sleep(0)
-                        if rseq != seq:
-                            continue  # a late answer to a dump that was cancelled
-                        interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                        if rtype == NLMSG_DONE:
-                            done = True
-                        elif rtype == NLMSG_ERROR:
-                            err, msg = parse_error(rbody, flags)
-                            if err:
-                                raise KernelError(
-                                    f"netlink dump {mtype}: {msg or os.strerror(err)}", err)
-                            done = True
-                        elif (x := parse(rbody)) is not None:
+                        if (x := parse(rbody)) is not None:
                             out.append(x)
                     await asyncio.sleep(0)  # sock_recv returns without a loop turn when data waits
-                if not interrupted:
+                if not reader.interrupted:
                     return out
             raise KernelError(f"netlink dump {mtype} kept being interrupted", errno_mod.EINTR)
 

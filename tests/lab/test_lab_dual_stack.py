@@ -42,6 +42,7 @@ from netnslab.etcd import CONFIG_KEY
 from netnslab.pingmatrix import PingResult
 from netnslab.proc import nsexec, run
 from netnslab.state import PodState, read_subnet_env
+from udp_probe import udp_probe
 
 pytestmark = pytest.mark.lab
 
@@ -389,53 +390,6 @@ def test_node_joins_and_leaves(cluster: DualStackLab) -> None:
     assert cluster.ping(cluster.pod(1, 1).name, cluster.pod_ip(2, 1))
 
 
-_UDP6_SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(("::", int(sys.argv[1])))
-s.settimeout(10)
-print("ready", flush=True)
-data, peer = s.recvfrom(2048)
-print(peer[0], flush=True)
-s.sendto(b"pong", peer)
-"""
-
-_UDP6_CLIENT = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.settimeout(0.2)
-for _ in range(25):
-    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
-    try:
-        s.recvfrom(64)
-        print("reply", flush=True)
-        break
-    except TimeoutError:
-        pass
-else:
-    print("no-reply", flush=True)
-"""
-
-
-def _udp6_source(src_ns: str, dst_ns: str, dst: str, port: int) -> tuple[str, bool]:
-    """(source address a UDP listener in ``dst_ns`` saw, whether the reply came back)."""
-    import subprocess
-    import sys
-
-    server = subprocess.Popen(nsexec(dst_ns, [sys.executable, "-c", _UDP6_SERVER, str(port)]),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        client = run(nsexec(src_ns, [sys.executable, "-c", _UDP6_CLIENT, dst, str(port)]))
-        seen = server.stdout.readline().strip()
-        server.wait(timeout=15)
-        return seen, client.stdout.strip() == "reply"
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
 def test_ipv6_masquerade_rules_and_effect(cluster: DualStackLab) -> None:
     """--ip-masq programs flannel's rules for the IPv6 half too (table ip6 flannel-ipv6, or
     ip6tables when the firewall in use is iptables): a pod's IPv6 packet to an address outside
@@ -449,8 +403,8 @@ def test_ipv6_masquerade_rules_and_effect(cluster: DualStackLab) -> None:
             f"n{node}: no IPv6 masquerade rules:\n{nft}\n{ip6t}")
     pod1 = cluster.pod(1).name
     # to n2's underlay address (outside the IPv6 network): masqueraded to n1's address
-    seen, answered = _udp6_source(pod1, cluster.node_ns(2), cluster.public_ip6(2), 5361)
+    seen, answered = udp_probe(pod1, cluster.node_ns(2), cluster.public_ip6(2), 5361)
     assert answered and _same_ip(seen, cluster.public_ip6(1)), seen
     # pod to pod across nodes: the receiving pod sees the sending pod's address
-    seen, answered = _udp6_source(pod1, cluster.pod(2).name, cluster.pod_ip6(2), 5362)
+    seen, answered = udp_probe(pod1, cluster.pod(2).name, cluster.pod_ip6(2), 5362)
     assert answered and _same_ip(seen, cluster.pod_ip6(1)), seen

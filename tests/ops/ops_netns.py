@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -85,60 +83,3 @@ def masq_lab(make_netns: Callable[[str], str]) -> MasqLab:
     sh("ip", "-n", lab.peer_pod, "route", "add", "default", "via", "10.244.2.1")
     in_ns(lab.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     return lab
-
-
-_SERVER = textwrap.dedent(
-    """
-    import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", int(sys.argv[1])))
-    s.settimeout(10)
-    print("ready", flush=True)
-    data, peer = s.recvfrom(2048)
-    print(peer[0], flush=True)
-    try:
-        s.sendto(b"pong", peer)
-    except OSError:  # no route back to an unmasqueraded pod: the point of some tests
-        pass
-    """
-)
-
-_CLIENT = textwrap.dedent(
-    """
-    import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(0.2)
-    for _ in range(int(sys.argv[3])):
-        s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
-        try:
-            s.recvfrom(64)
-            print("reply", flush=True)
-            break
-        except TimeoutError:
-            pass
-    else:
-        print("no-reply", flush=True)
-    """
-)
-
-
-def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 5353, tries: int = 25) -> tuple[str, bool]:
-    """Send UDP from ``src_ns`` to a listener in ``dst_ns``; return (source address the
-    listener saw, whether the client got the reply back). The client resends every 0.2 s,
-    ``tries`` times at most, until a reply arrives."""
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", dst_ns, sys.executable, "-c", _SERVER, str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        client = in_ns(src_ns, sys.executable, "-c", _CLIENT, dst_ip, str(port), str(tries))
-        seen = server.stdout.readline().strip()
-        server.wait(timeout=15)
-        return seen, client.stdout.strip() == "reply"
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()

@@ -23,7 +23,7 @@ from ops_lab import (
     require_flanneld,
     sh,
 )
-from ops_netns import udp_probe
+from udp_probe import udp_probe
 
 pytestmark = pytest.mark.lab
 

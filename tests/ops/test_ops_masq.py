@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ops_netns import MasqLab, in_ns, udp_probe
+from ops_netns import MasqLab, in_ns
+from udp_probe import udp_probe
 
 from flanneld.masq import (
     MasqConfig,
