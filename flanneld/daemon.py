@@ -468,10 +468,12 @@ class Daemon:
                     await asyncio.wait_for(self._dirty.wait(), timeout)
                 self._dirty.clear()
                 if repair is not None and repair.done():
+                    repair.result()  # an unexpected error ends the loop (the task died)
                     repair = None
                 lease = self.lease
                 assert self.network is not None and lease is not None
-                if lease.subnet != self.network.lease.subnet:
+                held = self.network.lease
+                if (lease.subnet, lease.ipv6_subnet) != (held.subnet, held.ipv6_subnet):
                     if repair is not None:
                         await repair
                         repair = None
