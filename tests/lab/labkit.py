@@ -86,6 +86,15 @@ class LabHandle:
     def ip(self, ns: str, *args: str, check: bool = True) -> str:
         return run(["ip", "-n", ns, *args], check=check).stdout
 
+    def fdb(self, node: int, dev: str = "flannel.1") -> list[dict[str, Any]]:
+        """The fdb entries of ``dev`` on ``node`` (``bridge -j fdb show``; [] when absent)."""
+        out = run(["bridge", "-n", self.node_ns(node), "-j", "fdb", "show", "dev", dev], check=False)
+        try:
+            parsed: list[dict[str, Any]] = json.loads(out.stdout or "[]")
+        except ValueError:
+            return []
+        return parsed
+
     def ipj(self, ns: str, *args: str) -> list[dict[str, Any]]:
         out = run(["ip", "-n", ns, "-j", *args], check=False).stdout
         try:
@@ -325,14 +334,6 @@ class FaultLab(LabHandle):
         cmd = nsexec(self.node_ns(node), ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "1", url])
         out = run(cmd, check=False).stdout.strip()
         return int(out) if out.isdigit() else 0
-
-    def fdb(self, node: int, dev: str = "flannel.1") -> list[dict[str, Any]]:
-        out = run(["bridge", "-n", self.node_ns(node), "-j", "fdb", "show", "dev", dev], check=False)
-        try:
-            parsed: list[dict[str, Any]] = json.loads(out.stdout or "[]")
-        except ValueError:
-            return []
-        return parsed
 
     def etcd_lease_id(self, key: str) -> int:
         """The etcd lease behind ``key`` (0: key absent or without lease)."""

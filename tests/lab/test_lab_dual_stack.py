@@ -87,12 +87,7 @@ class DualStackLab(LabHandle):
         return self.route6(node, subnet) is not None
 
     def fdb6(self, node: int) -> list[dict[str, object]]:
-        out = run(["bridge", "-n", self.node_ns(node), "-j", "fdb", "show", "dev", VXLAN6], check=False)
-        try:
-            parsed: list[dict[str, object]] = json.loads(out.stdout or "[]")
-        except ValueError:
-            return []
-        return parsed
+        return self.fdb(node, VXLAN6)
 
     def has_fdb6(self, node: int, mac: str, dst: str | None = None) -> bool:
         return any(

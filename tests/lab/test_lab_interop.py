@@ -253,14 +253,6 @@ class DualLab(LabHandle):
     def ping6(self, src_ns: str, dst: str, timeout: float = 1.0) -> bool:
         return self.ping_run(src_ns, dst, "-6", "-q", timeout=timeout).returncode == 0
 
-    def fdbj(self, node: int, dev: str) -> list[dict[str, Any]]:
-        out = run(["bridge", "-n", self.node_ns(node), "-j", "fdb", "show", "dev", dev], check=False)
-        try:
-            parsed: list[dict[str, Any]] = json.loads(out.stdout or "[]")
-        except ValueError:
-            return []
-        return parsed
-
     def vxlan_info(self, node: int, dev: str) -> dict[str, Any]:
         links = self.ipj(self.node_ns(node), "-d", "link", "show", dev)
         if not links:
@@ -283,10 +275,10 @@ class DualLab(LabHandle):
         return {
             "route4": first(self.ipj(ns, "-4", "route"), lambda r: r.get("dst") == str(GO_SUBNET)),
             "neigh4": first(self.ipj(ns, "-4", "neigh", "show", "dev", VXLAN4), lambda n: n.get("dst") == vtep4),
-            "fdb4": first(self.fdbj(node, VXLAN4), lambda e: str(e.get("mac", "")).lower() == GO_MAC),
+            "fdb4": first(self.fdb(node, VXLAN4), lambda e: str(e.get("mac", "")).lower() == GO_MAC),
             "route6": first(self.ipj(ns, "-6", "route"), lambda r: r.get("dst") == str(GO_SUBNET6)),
             "neigh6": first(self.ipj(ns, "-6", "neigh", "show", "dev", VXLAN6), lambda n: _same_ip(n.get("dst"), vtep6)),
-            "fdb6": first(self.fdbj(node, VXLAN6), lambda e: str(e.get("mac", "")).lower() == GO_MAC6),
+            "fdb6": first(self.fdb(node, VXLAN6), lambda e: str(e.get("mac", "")).lower() == GO_MAC6),
         }  # fmt: skip
 
 
@@ -430,8 +422,8 @@ class TestDualStack:
             e = h.go_entries(node)
             assert not entries_problems(e), (node, entries_problems(e))
             # Each family's MAC on its own device only: BackendV6Data's on flannel-v6.1.
-            assert not any(str(f.get("mac", "")).lower() == GO_MAC6 for f in h.fdbj(node, VXLAN4))
-            assert not any(str(f.get("mac", "")).lower() == GO_MAC for f in h.fdbj(node, VXLAN6))
+            assert not any(str(f.get("mac", "")).lower() == GO_MAC6 for f in h.fdb(node, VXLAN4))
+            assert not any(str(f.get("mac", "")).lower() == GO_MAC for f in h.fdb(node, VXLAN6))
         # Our daemons leave the Go node's lease as it wrote it: same bytes, same 24 h etcd lease.
         assert h.leases()[go.key] == go.value
         ttl = h.etcdctl("lease", "timetolive", go.lease_id)
