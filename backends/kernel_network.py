@@ -106,25 +106,27 @@ class KernelNetwork(Network, Generic[S]):
     async def apply(self, changes: Mapping[IPv4Network, Lease | None]) -> ReconcileResult:
         wanted = {subnet: self.wanted(lease) for subnet, lease in changes.items()}
         await self.prefetch([p for p in wanted.values() if p is not None], full=False)
-        old: dict[int, S] = {}
-        new: dict[int, S] = {}
+        # Each peer's objects before and after, by key: planned as they are kept (made once).
+        old: dict[int, Sequence[KernelObject]] = {}
+        new: dict[int, Sequence[KernelObject]] = {}
         for subnet, peer in wanted.items():
             key = peer_sort_key(subnet)
             before = self._peers.pop(key, None)
             if before is not None:
-                old[key] = before[1]
+                old[key] = before[2]
             spec = self.peer_spec(peer, None) if peer is not None else None
             if peer is not None and spec is not None:
-                self._peers[key] = (peer, spec, self.peer_objects(spec))
-                new[key] = spec
+                objects = self.peer_objects(spec)
+                self._peers[key] = (peer, spec, objects)
+                new[key] = objects
             if self.announce:
                 log_peer_change(self.log, before[0] if before is not None else None,
                                 peer if spec is not None else None)
         if self._touched_peers is not None and self._touched_objects is not None:
             self._touched_peers.update(peer_sort_key(subnet) for subnet in wanted)
-            for spec in (*old.values(), *new.values()):
-                self._touched_objects.update(obj.key for obj in self.peer_objects(spec))
-        ops = plan_changed(old, new, self.peer_objects, self._applied.objects)
+            for objects in (*old.values(), *new.values()):
+                self._touched_objects.update(obj.key for obj in objects)
+        ops = plan_changed(old, new, _as_is, self._applied.objects)
         outcomes = await self.netlink.apply(ops)
         self._applied.record(outcomes)
         return summarize(outcomes, 0, self.log)
@@ -197,6 +199,10 @@ class KernelNetwork(Network, Generic[S]):
             part = summarize(outcomes, 0, self.log)
             applied, failed = applied + part.applied, failed + part.failed
         return ReconcileResult(applied=applied, repaired=repaired, failed=failed)
+
+
+def _as_is(objects: Sequence[KernelObject]) -> Sequence[KernelObject]:
+    return objects
 
 
 def _untouched(ops: list[Op], touched: set[Key]) -> list[Op]:

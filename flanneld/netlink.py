@@ -401,11 +401,20 @@ class Netlink:
             self._dump_raw.close()
             self._dump_raw = None
 
+    async def _open(self) -> RawRtnl:
+        """A socket in our namespace (opened in a thread that enters it)."""
+        return await asyncio.to_thread(RawRtnl, self.netns, self._chunk)
+
+    async def _ops_socket(self) -> RawRtnl:
+        """The socket of ops and lookups, opened on first use; the caller holds ``_lock``."""
+        if self._raw is None:
+            self._raw = await self._open()
+        return self._raw
+
     async def _raw_call(self, fn_name: str, *args: Any) -> Any:
         async with self._lock:
-            if self._raw is None:
-                self._raw = await asyncio.to_thread(RawRtnl, self.netns, self._chunk)
-            return await asyncio.to_thread(getattr(self._raw, fn_name), *args)
+            raw = await self._ops_socket()
+            return await asyncio.to_thread(getattr(raw, fn_name), *args)
 
     PARSE_STEP = 128  # answers parsed between two turns of the loop (~1 ms)
 
@@ -423,7 +432,7 @@ class Netlink:
         loop = asyncio.get_running_loop()
         async with self._dump_lock:
             if self._dump_raw is None:
-                raw = await asyncio.to_thread(RawRtnl, self.netns, self._chunk)
+                raw = await self._open()
                 raw.sock.setblocking(False)
                 self._dump_raw = raw
             raw = self._dump_raw
@@ -457,15 +466,14 @@ class Netlink:
         if ops:
             requests = [encode_op(op) for op in ops]
             async with self._lock:
-                if self._raw is None:
-                    self._raw = await asyncio.to_thread(RawRtnl, self.netns, self._chunk)
+                raw = await self._ops_socket()
                 if len(requests) <= self.INLINE_OPS:
                     # The kernel handles rtnetlink requests as it receives them: a lease
                     # event's few ops are answered in ~0.1 ms, less than a hop to a worker
                     # thread costs when the loop is busy (up to the 5 ms GIL interval each way).
-                    results = self._raw.execute(requests)
+                    results = raw.execute(requests)
                 else:
-                    results = await asyncio.to_thread(self._raw.execute, requests)
+                    results = await asyncio.to_thread(raw.execute, requests)
             outcomes = [outcome_for(op, err, msg)
                         for op, (err, msg) in zip(ops, results, strict=True)]
         if self.on_outcomes is not None and outcomes:
