@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flanneld.backends.family import V4, Half
+from flanneld.backends.family import V4, Half, halves
+from flanneld.errors import ConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.logging_setup import log_event
 from flanneld.metrics import DropSample, ForwardingSource, TrafficSample
@@ -47,6 +48,9 @@ from flanneld.netops import IPAddress, IPNetwork
 
 if TYPE_CHECKING:  # netlink imports pyroute2; config validation must not
     from flanneld.netlink import Netlink
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,26 @@ class Backend(abc.ABC):
         # hostile lease (or an older daemon that accepted it) can have put there.
         self.disowned: Collection[tuple[IPNetwork, IPAddress]] = frozenset()
         self.disowned6: Collection[tuple[IPNetwork, IPAddress]] = frozenset()  # IPv6 halves
+        self.halves = halves(ctx.netconf)  # IPv4, and IPv6 in dual stack
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
         """Raise NetworkConfigError naming ``Backend.<Option>`` for a bad option value."""
         return None
+
+    def halves_of(self, lease: Lease) -> list[Half]:
+        """The enabled halves ``lease`` has (a missing one is logged: its peers are not
+        programmed); ConfigError when it has none."""
+        have = []
+        for half in self.halves:
+            if half.subnet(lease) is None:
+                log.warning("lease %s has no %s half: %s peers are not programmed", lease.key,
+                            half.name, half.name)
+            else:
+                have.append(half)
+        if not have:
+            raise ConfigError(f"lease {lease.key} has none of the enabled halves")
+        return have
 
     def handles(self, lease: Lease) -> bool:
         return lease.attrs.backend_type in self.peer_types
@@ -226,6 +245,11 @@ class StackedNetwork(Network):
     async def close(self) -> None:
         for part in self.parts:
             await part.close()
+
+
+def one_network(parts: Sequence[Network]) -> Network:
+    """The network of a lease: its one half's, or the halves' stacked."""
+    return parts[0] if len(parts) == 1 else StackedNetwork(parts)
 
 
 def _sum(results: Sequence[ReconcileResult]) -> ReconcileResult:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Collection, Sequence
 from ipaddress import IPv4Network
 from typing import ClassVar
 
-from flanneld.backends.base import Backend, BackendContext, Network, StackedNetwork
-from flanneld.backends.family import V4, V6, Half, halves
+from flanneld.backends.base import Backend, BackendContext, Network, one_network
+from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.kernel_network import KernelNetwork
 from flanneld.backends.planner import diff, route_owned_in
 from flanneld.errors import ConfigError
@@ -68,7 +68,6 @@ class HostGWBackend(Backend):
         super().__init__(ctx)
         self.netlink = netlink if netlink is not None else Netlink()
         self._owns_netlink = netlink is None
-        self.halves = halves(ctx.netconf)
 
     def mtu(self) -> int:
         return self.ctx.ext.mtu
@@ -93,11 +92,7 @@ class HostGWBackend(Backend):
                           public_ipv6=ext.public_ipv6 if V6 in self.halves else None)
 
     async def register_network(self, lease: Lease) -> Network:
-        parts: list[Network] = [HostGWNetwork(self, lease, half) for half in self.halves
-                                if half.subnet(lease) is not None]
-        if not parts:
-            raise ConfigError(f"lease {lease.key} has none of the enabled halves")
-        return parts[0] if len(parts) == 1 else StackedNetwork(parts)
+        return one_network([HostGWNetwork(self, lease, half) for half in self.halves_of(lease)])
 
     async def close(self) -> None:
         """Leave the routes in place; only drop our netlink sockets."""

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from flanneld.backends.base import Backend, BackendContext, Network, StackedNetwork
-from flanneld.backends.family import V4, V6, Half, halves
+from flanneld.backends.base import Backend, BackendContext, Network, one_network
+from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.kernel_network import KernelNetwork
 from flanneld.backends.planner import diff, peer_sort_key, route_owned_in
 from flanneld.errors import ConfigError, NetworkConfigError
@@ -311,7 +311,6 @@ class VXLANBackend(Backend):
         self.options = parse_options(ctx.netconf.backend.options)
         self.netlink = netlink if netlink is not None else Netlink()
         self._owns_netlink = netlink is None
-        self.halves = halves(ctx.netconf)
         self.devices: dict[Half, VtepDevice] = {}
         for half in self.halves:
             if half.v6:
@@ -392,17 +391,11 @@ class VXLANBackend(Backend):
 
     async def register_network(self, lease: Lease) -> Network:
         parts: list[Network] = []
-        for half in self.halves:
-            if half.subnet(lease) is None:
-                log.warning("lease %s has no %s half: %s peers are not programmed", lease.key,
-                            half.name, half.name)
-                continue
+        for half in self.halves_of(lease):
             network = VxlanNetwork(self, lease, half)
             await network.set_address()
             parts.append(network)
-        if not parts:
-            raise ConfigError(f"lease {lease.key} has none of the enabled halves")
-        return parts[0] if len(parts) == 1 else StackedNetwork(parts)
+        return one_network(parts)
 
     def device_name(self) -> str:
         return self.devices[self.halves[0]].name
