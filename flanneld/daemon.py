@@ -374,8 +374,7 @@ class Daemon:
         snap = await self._retry("listing leases", self.manager.list_snapshot)
         self.book.load(snap.kvs, snap.revision)
         self._book_changed()
-        self.backend.disowned = self.book.disowned_routes()
-        self.backend.disowned6 = self.book.disowned_routes6()
+        self._disown_refused()
         with self.metrics.reconcile("full"):
             result = await self.network.repair(self.book.accepted)
         peers = self.network.peer_count
@@ -502,12 +501,18 @@ class Daemon:
             self._dirty.set()
         self.metrics.set_peers(network.peer_count, network.peer_counts())
 
+    def _disown_refused(self) -> None:
+        """Tell the backend which routes only refused leases explain (a full pass removes
+        them): per family, from the lease book."""
+        assert self.backend is not None and self.book is not None
+        self.backend.disowned = self.book.disowned_routes()
+        self.backend.disowned6 = self.book.disowned_routes6()
+
     async def _repair(self, network: Network) -> None:
         """The full pass: every accepted lease, the kernel observed; drift counted.  When it
         ends (or fails: retried in 1s) the next one is scheduled and the reconciler woken."""
         assert self.backend is not None and self.book is not None
-        self.backend.disowned = self.book.disowned_routes()
-        self.backend.disowned6 = self.book.disowned_routes6()
+        self._disown_refused()
         retry_in = self.config.drift_interval
         try:
             with self.metrics.reconcile("full"):
