@@ -224,13 +224,18 @@ def peer_specs(
         direct = direct_routing and bool(
             p.public_ip in on_link if isinstance(on_link, frozenset)
             else on_link.get(p.public_ip, False))
-        old = prev.get(p.key)
-        if (old is not None and old.peer is p and old.direct == direct
-                and old.device_index == device_index and old.ext_index == ext_index):
-            specs[p.key] = old
-        else:
-            specs[p.key] = PeerSpec(p, device_index, ext_index, direct)
+        specs[p.key] = spec_for(p, device_index, ext_index, direct, prev.get(p.key))
     return specs
+
+
+def spec_for(peer: VxlanPeer, device_index: int, ext_index: int, direct: bool,
+             previous: PeerSpec | None) -> PeerSpec:
+    """``previous`` itself when nothing it depends on changed (planners skip it by
+    identity), else a new spec."""
+    if (previous is not None and previous.peer is peer and previous.direct == direct
+            and previous.device_index == device_index and previous.ext_index == ext_index):
+        return previous
+    return PeerSpec(peer, device_index, ext_index, direct)
 
 
 def owned_by_vxlan(
@@ -480,11 +485,7 @@ class VxlanNetwork(KernelNetwork[PeerSpec]):
         if peer is None:
             return None
         direct = vx.options.direct_routing and self._on_link.get(peer.public_ip, False)
-        if (previous is not None and previous.direct == direct
-                and previous.device_index == dev.index
-                and previous.ext_index == vx.ctx.ext.index):
-            return previous
-        return PeerSpec(peer, dev.index, vx.ctx.ext.index, direct)
+        return spec_for(peer, dev.index, vx.ctx.ext.index, direct, previous)
 
     def peer_objects(self, spec: PeerSpec) -> tuple[KernelObject, ...]:
         return peer_objects(spec)
