@@ -36,7 +36,7 @@ def find_in_path(plugin: str, cni_path: str) -> str:
         try:
             if posix.stat(candidate).st_mode & _S_IFMT != _S_IFDIR:
                 return candidate
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte (Go's stat: EINVAL, not found)
             continue
     raise CniError(
         DELEGATE_UNAVAILABLE, f'failed to find plugin "{plugin}" in path [{" ".join(dirs)}]'

@@ -326,3 +326,18 @@ def test_conflist_is_kube_flannels(tmp_path: Path) -> None:
     assert write_conflist(str(target), subnet_file="/x/subnet.env") is True
     assert json.loads(target.read_text())["plugins"][0]["subnetFile"] == "/x/subnet.env"
     assert sorted(p.name for p in target.parent.iterdir()) == ["10-flannel.conflist"]
+
+
+@pytest.mark.parametrize("name", ["\x00", "bridge\x00", "\x00bridge"])
+def test_a_nul_in_the_delegate_type_is_a_plugin_not_found(tmp_path: Path, name: str) -> None:
+    """Go's os.Stat fails with EINVAL on a name with a NUL byte, so libcni's FindInPath answers
+    "failed to find plugin"; Python's stat raises ValueError instead (the fuzz target found the
+    plugin answering 999 "ValueError: embedded null byte")."""
+    from flanneld.cni.errors import DELEGATE_UNAVAILABLE
+    from flanneld.cni.invoke import find_in_path
+
+    (tmp_path / "bridge").write_bytes(b"")
+    with pytest.raises(CniError) as info:
+        find_in_path(name, str(tmp_path))
+    assert info.value.code == DELEGATE_UNAVAILABLE
+    assert str(info.value).startswith(f'failed to find plugin "{name}" in path [{tmp_path}]')
