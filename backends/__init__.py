@@ -18,6 +18,7 @@ _REGISTRY: dict[str, str] = {
     "vxlan": "flanneld.backends.vxlan:VXLANBackend",
     "host-gw": "flanneld.backends.hostgw:HostGWBackend",
     "udp": "flanneld.backends.udp.backend:UDPBackend",
+    "wireguard": "flanneld.backends.wireguard.backend:WireguardBackend",
 }
 
 

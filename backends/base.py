@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -47,6 +47,8 @@ from flanneld.netconfig import NetworkConfig
 from flanneld.netops import IPAddress, IPNetwork
 
 if TYPE_CHECKING:  # netlink imports pyroute2; config validation must not
+    from prometheus_client.registry import Collector
+
     from flanneld.netlink import Netlink
 
 
@@ -72,6 +74,7 @@ class ExternalInterface:
 class BackendContext:
     ext: ExternalInterface
     netconf: NetworkConfig
+    wireguard_driver: str = "auto"  # --wireguard-driver: auto | kernel | userspace
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,10 @@ class Backend(abc.ABC):
         self.disowned: Collection[tuple[IPNetwork, IPAddress]] = frozenset()
         self.disowned6: Collection[tuple[IPNetwork, IPAddress]] = frozenset()  # IPv6 halves
         self.halves = halves(ctx.netconf)  # IPv4, and IPv6 in dual stack
+        # Set by the daemon: wake a repair now (the datapath was lost and made again); a
+        # /readyz detail line under a name (None clears it).
+        self.wake_repair: Callable[[], None] = lambda: None
+        self.report: Callable[[str, str | None], None] = lambda name, text: None
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
@@ -154,6 +161,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def register_network(self, lease: Lease) -> Network:
         """Program what depends on the node's own ``lease``; the network that serves it."""
+
+    def metrics_collector(self) -> Collector | None:
+        """Backend-specific metrics read at scrape time (wireguard: per-peer handshakes)."""
+        return None
 
     def forwarding_source(self) -> ForwardingSource:
         """Traffic counters for the metrics: by default the kernel's counters of the fabric

@@ -22,7 +22,10 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from flanneld.backends.base import ReconcileResult
+from flanneld.backends.family import V4, Half
+from flanneld.lease import Lease
 from flanneld.netops import (
+    Address,
     Delete,
     KernelObject,
     Op,
@@ -212,3 +215,13 @@ def summarize(outcomes: Sequence[Outcome], repaired: int,
     return ReconcileResult(applied=len(outcomes) - failed, repaired=repaired, failed=failed)
 
 
+def plan_address(own: Lease, device_index: int, observed: Sequence[Address],
+                 half: Half = V4) -> list[Op]:
+    """``<subnet .0>/32`` (IPv6: ``<subnet ::>/128``) on the device and no other address of
+    that family (all such addresses on it are ours; IPv6 link-local ones are the kernel's)."""
+    subnet = half.subnet(own)
+    assert subnet is not None
+    want = Address(device_index, subnet.network_address, half.host_prefix)
+    mine = [a for a in observed if a.ifindex == device_index and a.family == half.family
+            and not (half.v6 and a.address.is_link_local)]
+    return diff([want], mine, lambda _: True)

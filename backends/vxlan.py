@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from flanneld.backends.base import Backend, BackendContext, Network, one_network
 from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.kernel_network import KernelNetwork
-from flanneld.backends.planner import diff, peer_sort_key, route_owned_in
+from flanneld.backends.planner import diff, peer_sort_key, plan_address, route_owned_in
 from flanneld.errors import ConfigError, NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netlink import KernelError, Netlink
@@ -172,18 +172,6 @@ def plan_device(want: VxlanLink, observed: LinkInfo | None) -> list[Op]:
             mac=want.mac if observed.mac != want.mac else None,
         )]
     return []
-
-
-def plan_address(own: Lease, device_index: int, observed: Sequence[Address],
-                 half: Half = V4) -> list[Op]:
-    """``<subnet .0>/32`` (IPv6: ``<subnet ::>/128``) on the device and no other address of
-    that family (all such addresses on it are ours; IPv6 link-local ones are the kernel's)."""
-    subnet = half.subnet(own)
-    assert subnet is not None
-    want = Address(device_index, subnet.network_address, half.host_prefix)
-    mine = [a for a in observed if a.ifindex == device_index and a.family == half.family
-            and not (half.v6 and a.address.is_link_local)]
-    return diff([want], mine, lambda _: True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ class DaemonConfig:
     resync_interval: float = 300.0  # seconds between safety-net re-lists of the leases
     etcd_unreachable_not_ready: float = 30.0  # /readyz 503 after etcd failed this long (0: never)
     metrics_per_peer: bool = False
+    wireguard_driver: str = "auto"  # auto | kernel | userspace (the wireguard backend's device)
     log_format: str = "text"  # text | json
     verbose: int = 0
     # Go flanneld flags accepted here before their feature exists (see README, "Flags").
@@ -105,6 +106,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "etcd-unreachable-not-ready": ("float", "/readyz fails once etcd has been unreachable this "
                                    "many seconds (0: never)"),
     "metrics-per-peer": ("bool", "export per-peer forwarding series"),
+    "wireguard-driver": ("str", "wireguard backend: auto (the kernel module when there is one, "
+                         "else wireguard-go), kernel or userspace"),
     "log-format": ("str", "text (key=value) or json"),
     # Go flanneld's flags whose feature is not here (yet): accepted, stored, see _not_honoured.
     "ip-masq-fully-random-disable": ("bool", "MASQUERADE without --random-fully"),
@@ -521,6 +524,9 @@ def validate(config: DaemonConfig) -> None:
         raise ConfigError(f"--iptables-resync: must be at least 1 second, got {config.iptables_resync}")
     if config.masq_mode not in ("auto", "nftables", "iptables"):
         raise ConfigError(f"--masq-mode: expected auto, nftables or iptables, got {config.masq_mode!r}")
+    if config.wireguard_driver not in ("auto", "kernel", "userspace"):
+        raise ConfigError("--wireguard-driver: expected auto, kernel or userspace, got "
+                          f"{config.wireguard_driver!r}")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"--log-format: expected text or json, got {config.log_format!r}")
     for flag in ("etcd-timeout", "drift-interval", "resync-interval"):

@@ -318,7 +318,7 @@ async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dic
         except LeaseDecodeError as exc:
             row.update(subnet=row.get("subnet", kv.key.rsplit("/", 1)[-1]), error=str(exc),
                        public_ip=None, backend_type=None, backend_data=None, vtep_mac=None,
-                       expires_at=None, ttl_seconds=None)
+                       public_key=None, expires_at=None, ttl_seconds=None)
             rows.append(row)
             continue
         data = attrs.backend_data_obj() if attrs.backend_data else None
@@ -329,12 +329,21 @@ async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dic
             backend_type=attrs.backend_type or "udp",
             backend_data=data,
             vtep_mac=(data or {}).get("VtepMAC"),
+            public_key=_public_key(attrs.backend_type, data),
             expires_at=_iso(now + ttl) if ttl is not None and ttl >= 0 else None,
             ttl_seconds=ttl,
         )
         rows.append(row)
     rows.sort(key=_row_order)
     return rows
+
+
+def _public_key(backend_type: str, data: dict[str, Any] | None) -> str | None:
+    """A wireguard lease's PublicKey (what `wg show` lists as the node's peer)."""
+    if backend_type.lower() != "wireguard" or not data:
+        return None
+    key = data.get("PublicKey")
+    return key if isinstance(key, str) else None
 
 
 def _row_order(row: dict[str, Any]) -> tuple[int, int, int, str]:
@@ -348,10 +357,14 @@ def _row_order(row: dict[str, Any]) -> tuple[int, int, int, str]:
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
     """One line per key.  The IPV6 SUBNET and PUBLIC IPV6 columns appear only when some key
-    has an IPv6 half or a PublicIPv6: an IPv4-only cluster's table stays as it always was
-    (scripts that cut its columns keep working)."""
+    has an IPv6 half or a PublicIPv6, the PUBLIC KEY column only when some lease is a
+    wireguard one: an IPv4 vxlan cluster's table stays as it always was (scripts that cut its
+    columns keep working)."""
     dual = any(r.get("ipv6_subnet") or r.get("public_ipv6") for r in rows)
+    keys = any(r.get("public_key") for r in rows)
     headers = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "TTL", "STATUS"]
+    if keys:
+        headers[4:4] = ["PUBLIC KEY"]
     if dual:
         headers[1:1] = ["IPV6 SUBNET"]
         headers[3:3] = ["PUBLIC IPV6"]
@@ -360,6 +373,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         status = f"REJECTED {r['rejected']}: {r['error']}" if r.get("rejected") else "ok"
         if r.get("public_ip") is None:
             cells = [r["subnet"], "-", "INVALID", "-", "-", "-", status]
+            if keys:
+                cells[4:4] = ["-"]
         else:
             if r["reserved"]:
                 expires, ttl = "never", "reserved"
@@ -368,6 +383,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 ttl = f"{r['ttl_seconds']}s" if r["ttl_seconds"] is not None else "-"
             cells = [r["subnet"], r["public_ip"], r["backend_type"], r["vtep_mac"] or "-", expires,
                      ttl, status]
+            if keys:
+                cells[4:4] = [r.get("public_key") or "-"]
         if dual:
             cells[1:1] = [r.get("ipv6_subnet") or "-"]
             cells[3:3] = [r.get("public_ipv6") or "-"]

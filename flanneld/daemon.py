@@ -351,7 +351,14 @@ class Daemon:
         from flanneld.netlink import Netlink
 
         self.netlink = Netlink(on_outcomes=self.metrics.netlink_outcomes)
-        self.backend = backend_class(btype)(BackendContext(ext, self.netconf), netlink=self.netlink)
+        self.backend = backend_class(btype)(
+            BackendContext(ext, self.netconf, wireguard_driver=cfg.wireguard_driver),
+            netlink=self.netlink)
+        self.backend.wake_repair = self._repair_now
+        self.backend.report = self.readiness.set_detail
+        collector = self.backend.metrics_collector()
+        if collector is not None:
+            self.metrics.registry.register(collector)
         self.attrs = await self.backend.prepare()
         self.notifier.status("acquiring a subnet lease")
         self.keeper = LeaseKeeper(
@@ -507,6 +514,11 @@ class Daemon:
         assert self.backend is not None and self.book is not None
         self.backend.disowned = self.book.disowned_routes()
         self.backend.disowned6 = self.book.disowned_routes6()
+
+    def _repair_now(self) -> None:
+        """The backend lost its datapath (and made it again): repair at once."""
+        self._next_full = 0.0
+        self._dirty.set()
 
     async def _repair(self, network: Network) -> None:
         """The full pass: every accepted lease, the kernel observed; drift counted.  When it

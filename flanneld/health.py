@@ -79,6 +79,9 @@ class Readiness:
         self.lease_conflict: str | None = None  # our key rewritten by someone else
         self.store_problem: str | None = None  # e.g. "etcd unreachable for 31s"
         self.subnet_file_error: str | None = None  # why writing subnet.env fails
+        # Operator-facing lines /readyz adds below its first line, by source (e.g. the
+        # wireguard backend's stalled peers); they do not change readiness.
+        self.details: dict[str, str] = {}
         self._listeners: list[ReadinessListener] = []
         self._last: tuple[bool, str] = (self.ready, self.reason)
 
@@ -142,6 +145,18 @@ class Readiness:
         """The store has been unreachable too long (text shown by /readyz), or None."""
         self.store_problem = problem
         self._changed()
+
+    def set_detail(self, name: str, text: str | None) -> None:
+        """A detail line shown by /readyz under ``name`` (None: none); readiness is unchanged."""
+        if text is None:
+            self.details.pop(name, None)
+        else:
+            self.details[name] = text
+
+    def body(self) -> str:
+        """/readyz's text: "ready" or the reason, then the detail lines."""
+        return "\n".join(["ready" if self.ready else self.reason,
+                          *(self.details[k] for k in sorted(self.details))]) + "\n"
 
     def _changed(self) -> None:
         state = (self.ready, self.reason)
@@ -362,9 +377,8 @@ class HealthServer:
             return HTTPStatus.OK, text, b"running"
         if path == "/readyz":
             r = self.readiness
-            if r.ready:
-                return HTTPStatus.OK, text, b"ready\n"
-            return HTTPStatus.SERVICE_UNAVAILABLE, text, f"{r.reason}\n".encode()
+            status = HTTPStatus.OK if r.ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return status, text, r.body().encode()
         assert self.render_metrics is not None
         try:
             return HTTPStatus.OK, self.metrics_content_type, self.render_metrics()

@@ -15,16 +15,18 @@ flannel (v0.20.2) accepts all of these.  Here a lease is accepted only when:
 - its subnet covers none of the protected addresses: the node's own underlay addresses and
   the etcd endpoints' addresses (matters when a Network was configured over the underlay);
 - its backend data is usable for its BackendType (vxlan: ``VtepMAC`` a unicast MAC that is not
-  all zeros: an all-zero fdb entry is the device's default destination).
+  all zeros: an all-zero fdb entry is the device's default destination; wireguard:
+  ``PublicKey`` 32 bytes of base64, not all zeros, and ``Port`` absent or 0..65535).
 
 In a dual-stack network (the policy built with an IPv6Network) a lease's IPv6 half, when it
 has one (``Lease.ipv6_subnet``), passes the same rules: the subnet inside IPv6Network with
 prefix IPv6SubnetLen; ``PublicIPv6`` set, a global unicast (2000::/3) or unique local
 (fc00::/7) address outside IPv6Network (never ::, loopback, multicast, link-local, site-local
 or IPv4-mapped); the subnet covering no protected IPv6 address; for vxlan a usable
-``BackendV6Data.VtepMAC``.  A bad IPv6 half refuses the whole lease (the reasons are the
-IPv4 half's, the detail says "IPv6 half").  A lease without an IPv6 half is an IPv4-only node
-of a mixed cluster: judged on its IPv4 half.  In an IPv4-only network the IPv6 half is not
+``BackendV6Data.VtepMAC``, for wireguard a usable ``BackendV6Data`` when there is one.  A
+bad IPv6 half refuses the whole lease (the reasons are the IPv4 half's, the detail says "IPv6
+half").  A lease without an IPv6 half is an IPv4-only node of a mixed cluster: judged on its
+IPv4 half.  In an IPv4-only network the IPv6 half is not
 looked at (nothing routes it).
 
 Each refusal is a :class:`Rejection` with a reason (a closed set, also the metric label) and
@@ -33,6 +35,8 @@ a detail that names the field.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -158,10 +162,48 @@ def _vxlan_v6_data(lease: Lease) -> str | None:
     return _vtep_mac_problem(lease.attrs.backend_v6_data, "BackendV6Data")
 
 
+def _wireguard_problem(text: str, field_name: str) -> str | None:
+    """``{"PublicKey": <44 base64 characters, 32 bytes>, "Port": <0..65535, optional>}``; a
+    missing or 0 Port (older Go nodes) means the listen port of our own device."""
+    try:
+        data = _data_obj(text)
+    except ValueError:
+        return f"{field_name}: not JSON"
+    raw = data.get("PublicKey", data.get("publickey"))
+    if not isinstance(raw, str):
+        return f"{field_name}.PublicKey: must be a base64 WireGuard key string, got {raw!r:.60}"
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return f"{field_name}.PublicKey: not base64: {raw[:60]!r}"
+    if len(key) != 32:
+        return f"{field_name}.PublicKey: decodes to {len(key)} bytes, a WireGuard key is 32"
+    if key == bytes(32):
+        return f"{field_name}.PublicKey: the all-zero key"
+    port = data.get("Port", data.get("port", 0))
+    if port is None:
+        port = 0
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        return f"{field_name}.Port: must be an integer 0..65535, got {port!r:.40}"
+    return None
+
+
+def _wireguard_data(lease: Lease) -> str | None:
+    return _wireguard_problem(lease.attrs.backend_data, "BackendData")
+
+
+def _wireguard_v6_data(lease: Lease) -> str | None:
+    if not lease.attrs.backend_v6_data:  # single-device modes: the IPv4 half's data serves
+        return None
+    return _wireguard_problem(lease.attrs.backend_v6_data, "BackendV6Data")
+
+
 # BackendType -> check of its BackendData (and of its BackendV6Data, for the IPv6 half); types
 # not listed have nothing to check here.
-_BACKEND_DATA_CHECKS: Mapping[str, Callable[[Lease], str | None]] = {"vxlan": _vxlan_data}
-_BACKEND_V6_DATA_CHECKS: Mapping[str, Callable[[Lease], str | None]] = {"vxlan": _vxlan_v6_data}
+_BACKEND_DATA_CHECKS: Mapping[str, Callable[[Lease], str | None]] = {
+    "vxlan": _vxlan_data, "wireguard": _wireguard_data}
+_BACKEND_V6_DATA_CHECKS: Mapping[str, Callable[[Lease], str | None]] = {
+    "vxlan": _vxlan_v6_data, "wireguard": _wireguard_v6_data}
 
 
 @dataclass(frozen=True)

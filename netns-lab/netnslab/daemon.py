@@ -2,6 +2,12 @@
 
 Each node runs ``.venv/bin/flanneld`` inside its namespace with Go flannel's flag names; the
 subnet file lives in the node's state directory (nodes share the machine's filesystem).
+
+wireguard nodes: wireguard-go serves its UAPI socket at ``/var/run/wireguard/<dev>.sock``
+whatever the network namespace, so each node's flanneld (and the wireguard-go it starts) runs
+in a mount namespace of its own where the node's ``wireguard/`` directory is bind-mounted over
+``/var/run/wireguard`` (``private_wireguard``; ``wg_command`` looks at it the same way), and
+its private key file is the node's own (``WIREGUARD_KEY_FILE``): nodes share /run/flannel.
 """
 
 from __future__ import annotations
@@ -30,6 +36,24 @@ def flanneld_command(lab: LabState, node: int, extra: Sequence[str] = ()) -> lis
     ]  # fmt: skip
 
 
+def wireguard_dir(lab: LabState, node: int) -> Path:
+    return lab.node_dir(node) / "wireguard"
+
+
+def private_wireguard(directory: Path, cmd: Sequence[str]) -> list[str]:
+    """``cmd`` in a new mount namespace where ``directory`` is /var/run/wireguard."""
+    script = ('mkdir -p "$1" /var/run/wireguard && mount --bind "$1" /var/run/wireguard '
+              '&& shift && exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(directory), *cmd]
+
+
+def wg_command(lab: LabState, node: int, args: Sequence[str]) -> list[str]:
+    """``wg ARGS`` on a node: its namespace, its /var/run/wireguard."""
+    return nsexec(lab.names.node_ns(node), private_wireguard(wireguard_dir(lab, node),
+                                                            ["wg", *args]))
+
+
 def pid_file(lab: LabState, node: int) -> Path:
     return lab.node_dir(node) / "flanneld.pid"
 
@@ -53,7 +77,11 @@ def start(lab: LabState, node: int, extra: Sequence[str] = ()) -> ProcRef:
     # FLANNELD_* from the caller's environment would silently change every node's flags.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLANNELD_")}
     env["PYTHONUNBUFFERED"] = "1"
-    ref = spawn(nsexec(lab.names.node_ns(node), flanneld_command(lab, node, extra)), log, env)
+    cmd = flanneld_command(lab, node, extra)
+    if lab.backend == "wireguard":
+        cmd = private_wireguard(wireguard_dir(lab, node), cmd)
+        env["WIREGUARD_KEY_FILE"] = str(lab.node_dir(node) / "wgkey")
+    ref = spawn(nsexec(lab.names.node_ns(node), cmd), log, env)
     pid_file(lab, node).write_text(ref.dump())
     return ref
 

@@ -39,8 +39,8 @@ from netnslab.proc import (
 )
 from netnslab.state import LabState, NodeState, PodState, read_subnet_env, state_dir
 
-BACKENDS = ("vxlan", "host-gw", "udp")
-DUAL_STACK_BACKENDS = ("vxlan", "host-gw")
+BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
+DUAL_STACK_BACKENDS = ("vxlan", "host-gw", "wireguard")
 
 
 class LabError(RuntimeError):

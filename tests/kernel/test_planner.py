@@ -9,7 +9,7 @@ import pytest
 
 from flanneld.backends.base import BackendContext, ExternalInterface
 from flanneld.backends.hostgw import plan_routes
-from flanneld.backends.planner import AppliedState, count_repaired, plan_changed
+from flanneld.backends.planner import AppliedState, count_repaired, plan_address, plan_changed
 from flanneld.backends.vxlan import (
     VXLANBackend,
     VxlanNetwork,
@@ -18,7 +18,6 @@ from flanneld.backends.vxlan import (
     parse_options,
     peer_objects,
     peer_specs,
-    plan_address,
     plan_device,
     plan_peers,
     random_vtep_mac,

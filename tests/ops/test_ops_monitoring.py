@@ -8,11 +8,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
+from flanneld.backends.wireguard.backend import HealthCollector
 from flanneld.metrics import Metrics
 
 pytestmark = [
@@ -31,8 +33,10 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def exported_names() -> set[str]:
-    """Every series name the daemon can export (from the # TYPE lines of a rendering)."""
+    """Every series name the daemon can export (from the # TYPE lines of a rendering), the
+    backends' own collectors included."""
     m = Metrics(backend="vxlan", per_peer=True)
+    m.registry.register(HealthCollector(SimpleNamespace(health={})))  # type: ignore[arg-type]
     names = set()
     for line in m.render().decode().splitlines():
         if line.startswith("# TYPE "):
