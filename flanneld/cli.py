@@ -61,6 +61,28 @@ async def _run(config: DaemonConfig) -> int:
         if daemon is not None:
             daemon.observe_store(op, result, seconds)
 
+    if config.kube_subnet_mgr:
+        from flanneld.kube_client import KubeClient, resolve_config
+        from flanneld.kube_store import KubeStore
+        from flanneld.kube_subnet_manager import KubeSubnetManager, node_identity
+
+        client = KubeClient(resolve_config(config.kube_api_url or None,
+                                           config.kubeconfig_file or None))
+        try:
+            node = await node_identity(client)
+        except BaseException:
+            await client.close()
+            raise
+        kube = KubeStore(client, etcd_prefix=config.etcd_prefix,
+                         net_config_path=config.net_config_path,
+                         annotation_prefix=config.kube_annotation_prefix)
+        manager = KubeSubnetManager(kube, node, prefix=config.etcd_prefix,
+                                    set_network_unavailable=config.set_node_network_unavailable)
+        log.info("kube subnet manager: node %s, apiserver %s (%s)", node, client.config.server,
+                 client.config.source)
+        daemon = Daemon(config, kube, resolve_interface, freeze_gc=True,
+                        manager=manager, store_endpoints=client.config.server)
+        return await daemon.run()
     store = make_store(config, observe)
     daemon = Daemon(config, store, resolve_interface, freeze_gc=True)
     return await daemon.run()

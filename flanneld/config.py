@@ -64,7 +64,7 @@ class DaemonConfig:
     ip_blackhole_route: bool = False  # not implemented yet: a warning when set
     ip_masq_fully_random_disable: bool = False  # MASQUERADE without --random-fully
     net_config_path: str = "/etc/kube-flannel/net-conf.json"  # Kubernetes mode
-    kube_subnet_mgr: bool = False  # true: a usage error (not supported yet)
+    kube_subnet_mgr: bool = False  # leases from the Kubernetes API (node podCIDRs), not etcd
     kube_api_url: str = ""
     kubeconfig_file: str = ""
     kube_annotation_prefix: str = "flannel.alpha.coreos.com"
@@ -113,21 +113,21 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "ip-masq-fully-random-disable": ("bool", "MASQUERADE without --random-fully"),
     "ip-blackhole-route": ("bool", "add a blackhole route for the node's own subnet (accepted; not "
                            "implemented yet: ignored with a warning)"),
-    "kube-subnet-mgr": ("bool", "use the Kubernetes API instead of etcd: not supported yet "
-                        "(true exits 2)"),
-    "kube-api-url": ("str", "Kubernetes API server URL (Kubernetes mode only)"),
-    "kubeconfig-file": ("str", "kubeconfig file (Kubernetes mode only)"),
-    "kube-annotation-prefix": ("str", "Kubernetes node annotation prefix (Kubernetes mode only)"),
-    "net-config-path": ("str", "network config file of the Kubernetes mode (Kubernetes mode only)"),
-    "set-node-network-unavailable": ("bool", "set NodeNetworkUnavailable after ready (Kubernetes "
-                                     "mode only)"),
+    "kube-subnet-mgr": ("bool", "use the Kubernetes API instead of etcd: the node's lease is "
+                        "its podCIDR, published as node annotations"),
+    "kube-api-url": ("str", "Kubernetes API server URL (Kubernetes mode; overrides the "
+                     "kubeconfig's server)"),
+    "kubeconfig-file": ("str", "kubeconfig file (Kubernetes mode; default: in-cluster config)"),
+    "kube-annotation-prefix": ("str", "Kubernetes node annotation prefix (Kubernetes mode)"),
+    "net-config-path": ("str", "network config file of the Kubernetes mode"),
+    "set-node-network-unavailable": ("bool", "set the node's NetworkUnavailable condition False "
+                                     "once the datapath is up (Kubernetes mode)"),
 }
 
 # Go flanneld flags that only mean something with --kube-subnet-mgr.
 _KUBE_FLAGS = ("kube-api-url", "kubeconfig-file", "kube-annotation-prefix", "net-config-path",
                "set-node-network-unavailable")
-_GO_ONLY_FLAGS = ("ip-masq-fully-random-disable", "ip-blackhole-route",
-                  "kube-subnet-mgr", *_KUBE_FLAGS)
+_GO_ONLY_FLAGS = ("ip-masq-fully-random-disable", "ip-blackhole-route")
 
 # klog's flags (Go flanneld registers them through klog.InitFlags): accepted and ignored, each
 # named once in the start-up warning.  True: a bool (-flag or -flag=BOOL); False: takes a value.
@@ -454,10 +454,9 @@ def build_config(
 def _not_honoured(config: DaemonConfig) -> tuple[str, ...]:
     """The Go-only flags set away from their defaults, whose feature is not here yet."""
     defaults = DaemonConfig()
-    reasons = {
-        "ip-blackhole-route": "not implemented yet",
-        **{flag: "Kubernetes mode only" for flag in _KUBE_FLAGS},
-    }
+    reasons = {"ip-blackhole-route": "not implemented yet"}
+    if not config.kube_subnet_mgr:
+        reasons.update({flag: "Kubernetes mode only" for flag in _KUBE_FLAGS})
     return tuple(
         f"--{flag} ({reason})"
         for flag, reason in reasons.items()
@@ -484,10 +483,8 @@ def validate(config: DaemonConfig) -> None:
         )
     if bool(config.etcd_username) != bool(config.etcd_password):
         raise ConfigError("--etcd-username and --etcd-password go together")
-    if config.kube_subnet_mgr:
-        raise ConfigError(
-            "--kube-subnet-mgr: the Kubernetes subnet manager is not supported yet (flanneld-py "
-            "leases subnets from etcd only); drop the flag or set it to false")
+    if config.kube_subnet_mgr and config.kube_annotation_prefix.strip("/") == "":
+        raise ConfigError("--kube-annotation-prefix: must not be empty")
     if config.public_ip:
         try:
             IPv4Address(config.public_ip)

@@ -88,11 +88,18 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         freeze_gc: bool = False,
+        manager: SubnetManager | None = None,
+        store_endpoints: str | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.resolve_interface = resolve_interface
-        self.manager = SubnetManager(store, config.etcd_prefix, ttl=config.subnet_lease_ttl)
+        # The etcd subnet manager, or the kube one (--kube-subnet-mgr: the same interface).
+        self.manager = manager if manager is not None else SubnetManager(
+            store, config.etcd_prefix, ttl=config.subnet_lease_ttl)
+        # The store's addresses, which no peer's subnet may cover (etcd's, or the apiserver's).
+        self.store_endpoints = store_endpoints if store_endpoints is not None \
+            else config.etcd_endpoints
         self.metrics = Metrics(backend="unknown", per_peer=config.metrics_per_peer)
         self.readiness = Readiness()
         self.notifier = notifier or Notifier.from_env()
@@ -398,7 +405,7 @@ class Daemon:
         assert self.netconf is not None
         protected: set[Any] = {ext.address, ext.public_ip}
         protected |= {a for a in (ext.address6, ext.public_ipv6) if a is not None}
-        protected.update(await etcd_addresses(self.config.etcd_endpoints))
+        protected.update(await etcd_addresses(self.store_endpoints))
         return LeasePolicy.build(self.netconf.network, self.netconf.subnet_len, protected,
                                  ipv6_network=self.netconf.ipv6_network,
                                  ipv6_subnet_len=self.netconf.ipv6_subnet_len)
@@ -587,6 +594,8 @@ class Daemon:
             self._spawn(self._watch_store(), "store-health")
             if self.masqs:
                 self._spawn(self._keep_masq(), "masq")
+            self._spawn(self._retry("telling the subnet manager the datapath is up",
+                                    self.manager.datapath_ready), "datapath-ready")
             log_event(log, "flanneld running", version=__version__,
                       subnet=self.lease.subnet if self.lease else "")
             await self.stopping.wait()

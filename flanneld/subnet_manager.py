@@ -365,6 +365,10 @@ class SubnetManager:
     async def delete_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> bool:
         return await self.store.delete(self.key(subnet, ipv6_subnet))
 
+    async def datapath_ready(self) -> None:
+        """The daemon programmed its datapath (the kube subnet manager tells the node)."""
+        return None
+
     async def set_network_config(self, raw: bytes) -> NetworkConfig:
         """Validate (raising NetworkConfigError) and store the network config."""
         config = parse_network_config(raw)

@@ -13,7 +13,8 @@ fi
 
 debs=(etcd-server etcd-client iproute2 nftables iptables iperf3 tshark
       containernetworking-plugins iputils-ping prometheus tcpdump ethtool
-      libpcap0.8 procps gcc libc6-dev openssl python3-venv curl)
+      libpcap0.8 procps gcc libc6-dev openssl python3-venv curl
+      wireguard-go wireguard-tools util-linux)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -65,3 +66,5 @@ fi
 
 # The CNI plugin executable (`flannel`): a launcher that starts Python with -I -S for speed.
 bash cni-plugin/install-launcher.sh .venv >&2
+
+bash scripts/kube-tools.sh >&2  # kube tier: kube-apiserver + kubectl, built once (~7 min), cached

@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs root (network namespaces, netlink)")
     for item in items:
-        if any(item.get_closest_marker(m) for m in ("netlink", "lab", "fault")):
+        if any(item.get_closest_marker(m) for m in ("netlink", "lab", "fault", "kube")):
             item.add_marker(skip)
 
 

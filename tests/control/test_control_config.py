@@ -98,8 +98,9 @@ def test_go_only_settings_from_the_file() -> None:
     assert cfg.ip_blackhole_route is True and cfg.net_config_path == "/n.json"
     assert cfg.ignored_flags == ("--ip-blackhole-route (not implemented yet)",
                                  "--net-config-path (Kubernetes mode only)")
-    with pytest.raises(ConfigError, match=r"--kube-subnet-mgr: .*not supported yet"):
-        build_config(["--config", "/c"], {}, files({"/c": "kube-subnet-mgr: true\n"}))
+    kube = build_config(["--config", "/c"], {},
+                        files({"/c": "kube-subnet-mgr: true\nnet-config-path: /n.json\n"}))
+    assert kube.kube_subnet_mgr is True and kube.ignored_flags == ()  # honoured in kube mode
     with pytest.raises(ConfigError, match="unknown setting 'ignored-flags'"):
         build_config(["--config", "/c"], {}, files({"/c": "ignored-flags: []\n"}))
 

@@ -124,7 +124,7 @@ SAMPLES = {"str": "x", "int": "7", "float": "7", "list": "eth0"}
 VALID = {
     "public-ip": "198.51.100.1", "iface-can-reach": "198.51.100.1", "masq-mode": "nftables",
     "log-format": "json", "healthz-ip": "127.0.0.1", "public-ipv6": "2001:db8::1",
-    "kube-subnet-mgr": "false",
+    "kube-subnet-mgr": "true", "wireguard-driver": "userspace",
 }
 
 
@@ -153,7 +153,7 @@ def test_every_flag_takes_every_go_form(flag: str, kind: str) -> None:
     forms = [[f"-{flag}={value}"], [f"--{flag}={value}"]]
     if kind != "bool":
         forms += [[f"-{flag}", value], [f"--{flag}", value]]
-    elif flag != "kube-subnet-mgr":
+    else:
         forms += [[f"-{flag}"], [f"--{flag}"]]
     extra = COMPANIONS.get(flag, [])
     configs = {cfg(*extra, *form) for form in forms}
@@ -312,16 +312,12 @@ def test_go_only_flags_are_stored() -> None:
         ([], {"FLANNELD_KUBE_SUBNET_MGR": "true"}),
     ],
 )
-def test_kube_subnet_mgr_is_not_supported_yet(
-    argv: list[str], env: dict[str, str], no_daemon: None,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    code, _, err = run_main(argv, capsys)
-    assert code == 2
-    assert "--kube-subnet-mgr" in err and "not supported yet" in err
+def test_kube_subnet_mgr_turns_the_kube_flags_on(argv: list[str], env: dict[str, str]) -> None:
+    config = cfg(*argv, "--kubeconfig-file=/k", "--net-config-path=/n.json", env=env)
+    assert config.kube_subnet_mgr is True
+    assert config.ignored_flags == ()  # the kube flags are honoured, not ignored
     assert cfg("-kube-subnet-mgr=false").kube_subnet_mgr is False
+    assert cfg("--kubeconfig-file=/k").ignored_flags == ("--kubeconfig-file (Kubernetes mode only)",)
 
 
 # ---------------------------------------------------------------- usage errors
