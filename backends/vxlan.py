@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from flanneld.backends.base import Backend, BackendContext, Network, one_network
 from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.kernel_network import KernelNetwork
+from flanneld.backends.options import OptionReader
 from flanneld.backends.planner import diff, peer_sort_key, plan_address, route_owned_in
 from flanneld.errors import ConfigError, NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
@@ -76,22 +77,8 @@ class VxlanOptions:
 
 def parse_options(options: Mapping[str, Any]) -> VxlanOptions:
     """``Backend`` options (keys case-insensitive, like Go's JSON decoder)."""
-    fields = {k.lower(): v for k, v in options.items()}
-
-    def integer(key: str, name: str, default: int, low: int, high: int) -> int:
-        value = fields.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise NetworkConfigError(f"Backend.{name}", f"must be an integer {low}..{high}, "
-                                     f"got {value!r}")
-        return value
-
-    def flag(key: str, name: str) -> bool:
-        value = fields.get(key, False)
-        if not isinstance(value, bool):
-            raise NetworkConfigError(f"Backend.{name}", f"must be true or false, got {value!r}")
-        return value
+    reader = OptionReader(options)
+    integer, flag = reader.integer, reader.flag
 
     mtu = integer("mtu", "MTU", 0, 0, 65535)
     if mtu and mtu < 68:

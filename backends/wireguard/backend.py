@@ -197,8 +197,9 @@ class WireguardBackend(Backend):
                   level=logging.WARNING, device=name)
         self.wake_repair()
 
-    async def setup_device(self, dev: WgDevice) -> int:
-        """Make the device exist with our key, port, MTU and up; the changes it took."""
+    async def setup_device(self, dev: WgDevice) -> tuple[int, DeviceState | None]:
+        """Make the device exist with our key, port, MTU and up; the changes it took, and
+        the device's state as read when that took no configuration request (None: it did)."""
         async with self._setup_lock:
             assert self._private is not None and self.public_key is not None
             name, ops = dev.spec.name, 0
@@ -224,7 +225,7 @@ class WireguardBackend(Backend):
                 ops += 1
             dev.index = link.index
             dev.needs_setup = False
-            return ops
+            return ops, state if ops == 0 else None
 
     async def register_network(self, lease: Lease) -> Network:
         parts: list[Network] = []
@@ -481,12 +482,13 @@ class WireguardNetwork(Network):
         async with self._lock:
             wg, dev = self.wg, self.device
             assert wg.public_key is not None
-            setup_ops = await wg.setup_device(dev)  # cheap when nothing changed: one read
+            setup_ops, state = await wg.setup_device(dev)  # one read when nothing changed
             address_ops = await self.set_addresses()
-            try:
-                state = await wg.driver.state(dev.spec.name)
-            except WireguardDriverError as exc:
-                raise KernelError(f"wireguard device {dev.spec.name}: {exc}") from None
+            if state is None:
+                try:
+                    state = await wg.driver.state(dev.spec.name)
+                except WireguardDriverError as exc:
+                    raise KernelError(f"wireguard device {dev.spec.name}: {exc}") from None
             peers = [p for p in (self.wanted(lease) for lease in leases.values()) if p]
             desired, refused = desired_peers(dev.spec, wg.public_key, peers)
             for lease, why in refused:

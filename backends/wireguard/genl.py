@@ -45,7 +45,7 @@ from flanneld.backends.wireguard.model import (
     DeviceState,
     Endpoint,
     PeerConfig,
-    PeerState,
+    PeerDraft,
 )
 from flanneld.netops import AF_INET, AF_INET6, IPAddress, IPNetwork
 
@@ -399,25 +399,6 @@ def encode_get(family_id: int, seq: int, ifname: str) -> bytes:
     return codec.frame((family_id, codec.NLM_F_DUMP, body), seq)
 
 
-@dataclass(slots=True)
-class _Peer:
-    public_key: Key
-    endpoint: Endpoint | None = None
-    allowed_ips: list[IPNetwork] = field(default_factory=list)
-    has_preshared_key: bool = False
-    keepalive: int = 0
-    last_handshake: float = 0.0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-
-    def state(self) -> PeerState:
-        return PeerState(
-            public_key=self.public_key, endpoint=self.endpoint,
-            allowed_ips=tuple(self.allowed_ips), has_preshared_key=self.has_preshared_key,
-            keepalive=self.keepalive, last_handshake=self.last_handshake,
-            rx_bytes=self.rx_bytes, tx_bytes=self.tx_bytes)
-
-
 def parse_get(messages: Sequence[bytes]) -> DeviceState:
     """The device of a get dump: ``messages`` are what the socket received (each one or more
     netlink messages), up to NLMSG_DONE.  A peer cut across messages is put back together.
@@ -428,7 +409,7 @@ def parse_get(messages: Sequence[bytes]) -> DeviceState:
     public_key: Key | None = None
     private_key: bytes | None = None
     listen_port = 0
-    peers: dict[bytes, _Peer] = {}
+    peers: dict[bytes, PeerDraft] = {}
     device_seen = False
     for datagram in messages:
         for mtype, flags, _, body in codec.messages(datagram):
@@ -468,7 +449,7 @@ def parse_get(messages: Sequence[bytes]) -> DeviceState:
                        peers=tuple(p.state() for p in peers.values()))
 
 
-def _merge_peer(peers: dict[bytes, _Peer], payload: bytes) -> None:
+def _merge_peer(peers: dict[bytes, PeerDraft], payload: bytes) -> None:
     attrs = dict(_attr_list(payload))
     raw_key = attrs.get(WGPEER_A_PUBLIC_KEY)
     if raw_key is None:
@@ -476,7 +457,7 @@ def _merge_peer(peers: dict[bytes, _Peer], payload: bytes) -> None:
     raw_key = _exact(raw_key, KEY_LEN, _ATTR_NAMES[WGPEER_A_PUBLIC_KEY])
     peer = peers.get(raw_key)
     if peer is None:
-        peer = peers[raw_key] = _Peer(Key(raw_key))
+        peer = peers[raw_key] = PeerDraft(Key(raw_key))
     for atype, value in attrs.items():
         if atype == WGPEER_A_PRESHARED_KEY:
             peer.has_preshared_key = any(_exact(value, KEY_LEN, _ATTR_NAMES[atype]))
@@ -485,8 +466,8 @@ def _merge_peer(peers: dict[bytes, _Peer], payload: bytes) -> None:
         elif atype == WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL:
             peer.keepalive = _int(value, _U16, _ATTR_NAMES[atype])
         elif atype == WGPEER_A_LAST_HANDSHAKE_TIME:
-            sec, nsec = _TIMESPEC.unpack(_exact(value, _TIMESPEC.size, _ATTR_NAMES[atype]))
-            peer.last_handshake = sec + nsec / 1e9 if sec or nsec else 0.0
+            peer.handshake_sec, peer.handshake_nsec = _TIMESPEC.unpack(
+                _exact(value, _TIMESPEC.size, _ATTR_NAMES[atype]))
         elif atype == WGPEER_A_RX_BYTES:
             peer.rx_bytes = _int(value, _U64, _ATTR_NAMES[atype])
         elif atype == WGPEER_A_TX_BYTES:

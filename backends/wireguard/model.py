@@ -78,3 +78,28 @@ class DeviceState:
     public_key: Key | None
     listen_port: int
     peers: tuple[PeerState, ...]
+
+
+@dataclass(slots=True)
+class PeerDraft:
+    """A peer being read from a device's answer (either protocol), field by field."""
+
+    public_key: Key
+    endpoint: Endpoint | None = None
+    allowed_ips: list[IPNetwork] = field(default_factory=list)
+    has_preshared_key: bool = False
+    keepalive: int = 0
+    handshake_sec: int = 0
+    handshake_nsec: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+    def state(self) -> PeerState:
+        handshake = 0.0
+        if self.handshake_sec or self.handshake_nsec:
+            handshake = self.handshake_sec + self.handshake_nsec / 1e9
+        return PeerState(
+            public_key=self.public_key, endpoint=self.endpoint,
+            allowed_ips=tuple(self.allowed_ips), has_preshared_key=self.has_preshared_key,
+            keepalive=self.keepalive, last_handshake=handshake, rx_bytes=self.rx_bytes,
+            tx_bytes=self.tx_bytes)

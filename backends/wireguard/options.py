@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flanneld.backends.options import OptionReader
 from flanneld.errors import NetworkConfigError
 
 DEFAULT_LISTEN_PORT = 51820
@@ -42,16 +43,8 @@ def parse_options(options: Mapping[str, Any]) -> WireguardOptions:
     """Raise NetworkConfigError naming ``Backend.<Option>`` for a bad value."""
     from flanneld.backends.wireguard.keys import BadKeyError, Key
 
-    fields = {k.lower(): v for k, v in options.items()}
-
-    def integer(key: str, name: str, default: int, low: int, high: int) -> int:
-        value = fields.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise NetworkConfigError(f"Backend.{name}", f"must be an integer {low}..{high}, "
-                                     f"got {value!r:.40}")
-        return value
+    reader = OptionReader(options)
+    fields, integer = reader.fields, reader.integer
 
     mode = fields.get("mode", "separate")
     if mode == "":

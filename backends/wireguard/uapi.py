@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from flanneld.backends.wireguard.driver import WireguardDriverError
@@ -36,7 +35,7 @@ from flanneld.backends.wireguard.model import (
     DeviceState,
     Endpoint,
     PeerConfig,
-    PeerState,
+    PeerDraft,
 )
 from flanneld.netops import IPAddress, IPNetwork
 
@@ -110,28 +109,6 @@ def _u16(value: int, what: str) -> int:
 
 # --- answers --------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class _Peer:
-    public_key: Key
-    endpoint: Endpoint | None = None
-    allowed_ips: list[IPNetwork] = field(default_factory=list)
-    has_preshared_key: bool = False
-    keepalive: int = 0
-    handshake_sec: int = 0
-    handshake_nsec: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-
-    def state(self) -> PeerState:
-        handshake = 0.0
-        if self.handshake_sec or self.handshake_nsec:
-            handshake = self.handshake_sec + self.handshake_nsec / 1e9
-        return PeerState(
-            public_key=self.public_key, endpoint=self.endpoint,
-            allowed_ips=tuple(self.allowed_ips), has_preshared_key=self.has_preshared_key,
-            keepalive=self.keepalive, last_handshake=handshake, rx_bytes=self.rx_bytes,
-            tx_bytes=self.tx_bytes)
-
 
 def parse_get(text: str) -> DeviceState:
     """The device state of a get answer (``key=value`` lines up to ``errno=0``).
@@ -142,11 +119,11 @@ def parse_get(text: str) -> DeviceState:
     pairs = _answer_lines(text, "get")
     public_key: Key | None = None
     listen_port = 0
-    peers: list[_Peer] = []
-    peer: _Peer | None = None
+    peers: list[PeerDraft] = []
+    peer: PeerDraft | None = None
     for lineno, key, value in pairs:
         if key == "public_key":
-            peer = _Peer(_key(lineno, key, value))
+            peer = PeerDraft(_key(lineno, key, value))
             peers.append(peer)
         elif peer is None:  # device section
             if key == "private_key":
