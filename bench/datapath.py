@@ -1,6 +1,6 @@
 """Pod-to-pod datapath per backend beside the raw underlay, on a 2-node netns lab (issue 3, bench 3).
 
-Run as root:  .venv/bin/python bench/datapath.py [--quick] [--backends vxlan,host-gw,udp]
+Run as root:  .venv/bin/python bench/datapath.py [--quick] [--backends vxlan,host-gw,udp,wireguard]
               [--reps 3] [--seconds 5] [--pps-seconds 3] [--pings 200] [--json PATH]
               [--dual-stack]
 
@@ -13,11 +13,19 @@ machine's noise of the moment hits both alike:
     overlay  pod n1p1 -> pod n2p1 through the backend under test
 
 Per path and run: TCP throughput (iperf3, ``--seconds``), 64-byte UDP packets per second as
-received by the server (iperf3 -u -l 64 -b 0, ``--pps-seconds``), and ping RTT p50/p99
-(``--pings`` pings 10 ms apart).  Each figure is the median of ``--reps`` runs.  The ratio of a
-backend to the raw underlay is taken against the raw runs of the same lab (same minutes).
+received by the server (iperf3 -u -l 64 -b 0, ``--pps-seconds``), ping RTT p50/p99
+(``--pings`` pings 10 ms apart), and the CPU cost of the TCP run: busy CPU seconds of the whole
+machine (all CPUs, /proc/stat user+nice+system+irq+softirq, sender, receiver, datapath and
+daemons alike) while the iperf3 client ran, per GB the receiver got ("CPU s/GB", lower is
+better; it also counts whatever else the shared machine did in those seconds).  Each figure is
+the median of ``--reps`` runs.  The ratio of a backend to the raw underlay is taken against the
+raw runs of the same lab (same minutes).
 
-``--dual-stack`` (vxlan and host-gw; udp has no IPv6): the lab is built with ``lab up
+``wireguard`` here is flanneld's userspace driver, wireguard-go (this kernel has no WireGuard
+module): every packet crosses a TUN device and is encrypted in a Go process, so expect it far
+below the kernel datapaths and far above them in CPU per GB; kernel WireGuard would differ.
+
+``--dual-stack`` (vxlan, host-gw and wireguard; udp has no IPv6): the lab is built with ``lab up
 --dual-stack`` (node i also has 2001:db8:18::<i>/64, each pod an IPv6 address in fd10:244::/56,
 recorded as ``address6``) and four paths are measured in it:
 
@@ -65,17 +73,19 @@ from netnslab.names import LabNames, node_address, node_address6  # noqa: E402
 from netnslab.state import LabState  # noqa: E402
 
 LAB_NAME = "flabb2"
-BACKENDS = ("vxlan", "host-gw", "udp")
-BACKENDS_DUAL = ("vxlan", "host-gw")  # udp has no IPv6
+BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
+BACKENDS_DUAL = ("vxlan", "host-gw", "wireguard")  # udp has no IPv6
 DUAL_PATHS = ("raw4", "overlay4", "raw6", "overlay6")
 IPERF_PORT = "5201"
-METRICS = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms")
+METRICS = ("tcp_gbps", "pps_64", "rtt_p50_ms", "rtt_p99_ms", "cpu_s_per_gb")
 HEADERS = {
     "tcp_gbps": "TCP Gbit/s",
     "pps_64": "64B pps",
     "rtt_p50_ms": "RTT p50 ms",
     "rtt_p99_ms": "RTT p99 ms",
+    "cpu_s_per_gb": "CPU s/GB",
 }
+RATIO_HEADS = ("TCP x", "pps x", "p50 x", "p99 x", "CPU x")
 
 
 class DatapathBroken(RuntimeError):
@@ -102,6 +112,14 @@ def run(ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def cpu_busy_seconds() -> float:
+    """Busy CPU time of the whole machine since boot, all CPUs summed (/proc/stat's first line:
+    user + nice + system + irq + softirq; idle, iowait and steal left out), in seconds."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -139,8 +157,10 @@ def iperf_server(ns: str) -> Iterator[None]:
             srv.wait()
 
 
-def iperf(path: Path_, seconds: float, extra: list[str]) -> dict[str, Any]:
+def iperf(path: Path_, seconds: float, extra: list[str]) -> tuple[dict[str, Any], float]:
+    """iperf3's JSON and the busy CPU seconds of the machine while the client ran."""
     with iperf_server(path.dst_ns):
+        cpu0 = cpu_busy_seconds()
         res = run(
             path.src_ns,
             [
@@ -159,23 +179,27 @@ def iperf(path: Path_, seconds: float, extra: list[str]) -> dict[str, Any]:
             ],
             seconds + 20,
         )
+        cpu = cpu_busy_seconds() - cpu0
     try:
         out: dict[str, Any] = json.loads(res.stdout)
     except ValueError:
         raise DatapathBroken(f"iperf3 {' '.join(extra)}: {res.stderr.strip()[-200:]}") from None
     if "error" in out:
         raise DatapathBroken(f"iperf3 {' '.join(extra)}: {out['error']}")
-    return out
+    return out, cpu
 
 
-def tcp_gbps(path: Path_, seconds: float) -> float:
-    out = iperf(path, seconds, [])
-    return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
+def tcp_gbps(path: Path_, seconds: float) -> tuple[float, float]:
+    """Throughput in Gbit/s, and busy CPU seconds (all CPUs) per GB received."""
+    out, cpu = iperf(path, seconds, [])
+    received = out["end"]["sum_received"]
+    gb = float(received["bytes"]) / 1e9
+    return float(received["bits_per_second"]) / 1e9, (cpu / gb if gb > 0 else float("inf"))
 
 
 def udp_pps(path: Path_, seconds: float) -> tuple[float, float]:
     """64-byte datagrams per second received by the server, and sent (as fast as iperf3 can)."""
-    out = iperf(path, seconds, ["-u", "-l", "64", "-b", "0"])
+    out, _ = iperf(path, seconds, ["-u", "-l", "64", "-b", "0"])
     end = out["end"]
     s = end.get("sum_received") or end["sum"]  # packets = sent, lost_packets = not received
     received = float(s["packets"]) - float(s.get("lost_packets", 0))
@@ -197,7 +221,7 @@ def measure(path: Path_, seconds: float, pps_seconds: float, pings: int) -> dict
     warm, _ = ping_rtts(path, 5)  # ARP / neighbour resolution, and: does it work at all?
     if not warm:
         raise DatapathBroken(f"{path.name}: no ping reply from {path.dst_ip}")
-    gbps = tcp_gbps(path, seconds)
+    gbps, cpu_per_gb = tcp_gbps(path, seconds)
     pps, pps_sent = udp_pps(path, pps_seconds)
     rtts, sent = ping_rtts(path, pings)
     if gbps <= 0 or pps <= 0 or not rtts:
@@ -207,6 +231,7 @@ def measure(path: Path_, seconds: float, pps_seconds: float, pings: int) -> dict
         "pps_64": pps,
         "rtt_p50_ms": pct(rtts, 0.5),
         "rtt_p99_ms": pct(rtts, 0.99),
+        "cpu_s_per_gb": cpu_per_gb,
         "ping_loss": 1 - len(rtts) / sent,
         "pps_64_sent": pps_sent,
     }
@@ -299,7 +324,7 @@ def bench_backend(
                 print(
                     f"  run {rep + 1} {label:13} TCP {r['tcp_gbps']:7.3f} Gbit/s  "
                     f"{r['pps_64']:7.0f} pps (of {r['pps_64_sent']:6.0f} sent)  RTT p50 {r['rtt_p50_ms']:.3f} p99 {r['rtt_p99_ms']:.3f} ms"
-                    f"  loss {r['ping_loss']:.1%}  ({time.monotonic() - t0:.0f}s)",
+                    f"  loss {r['ping_loss']:.1%}  CPU {r['cpu_s_per_gb']:.2f} s/GB  ({time.monotonic() - t0:.0f}s)",
                     flush=True,
                 )
     return runs
@@ -314,10 +339,11 @@ def print_table(results: dict[str, dict[str, list[dict[str, float]]]], reps: int
     raw = medians(all_raw)
     print(
         f"\nmedians of {reps} run(s) per path; ratios = backend / raw underlay measured in the "
-        "same lab (higher is better for TCP and pps, lower for RTT)"
+        "same lab (higher is better for TCP and pps, lower for RTT and CPU s/GB: busy CPU seconds of "
+        "all CPUs during the TCP run per GB received)"
     )
     head = "".join(f"{HEADERS[k]:>12}" for k in METRICS)
-    ratio_head = "".join(f"{label:>10}" for label in ("TCP x", "pps x", "p50 x", "p99 x"))
+    ratio_head = "".join(f"{label:>10}" for label in RATIO_HEADS)
     print(f"{'path':22}{head}  {ratio_head}")
     print(f"{'raw underlay (all)':22}" + "".join(_cell(k, raw[k]) for k in METRICS))
     for backend, runs in results.items():
@@ -335,10 +361,10 @@ def print_dual_tables(results: dict[str, dict[str, list[dict[str, float]]]], rep
     print(
         f"\nmedians of {reps} run(s) per path; 'x raw' = path / raw path of the same family in the "
         "same lab, 'v6 x v4' = IPv6 path / IPv4 path of the same kind (higher is better for TCP "
-        "and pps, lower for RTT)"
+        "and pps, lower for RTT and CPU s/GB)"
     )
     head = "".join(f"{HEADERS[k]:>12}" for k in METRICS)
-    ratio_head = "".join(f"{label:>8}" for label in ("TCP x", "pps x", "p50 x", "p99 x"))
+    ratio_head = "".join(f"{label:>8}" for label in RATIO_HEADS)
     rows = (
         ("raw IPv4 underlay", "raw", "raw", "raw"),
         ("{b} IPv4 pod-to-pod", "overlay", "raw", "overlay"),
@@ -348,13 +374,14 @@ def print_dual_tables(results: dict[str, dict[str, list[dict[str, float]]]], rep
     for backend, runs in results.items():
         med = {k: medians(v) for k, v in runs.items()}
         print(f"\n{backend} (dual-stack lab):")
-        print(f"{'path':24}{head}   {'x raw (same family)':>32}   {'v6 x v4':>32}")
-        print(f"{'':24}{'':48}   {ratio_head}   {ratio_head}")
+        width = 8 * len(METRICS)
+        print(f"{'path':24}{head}   {'x raw (same family)':>{width}}   {'v6 x v4':>{width}}")
+        print(f"{'':24}{'':{12 * len(METRICS)}}   {ratio_head}   {ratio_head}")
         for label, key, raw_key, v4_key in rows:
             m = med[key]
             line = f"{label.format(b=backend):24}" + "".join(_cell(k, m[k]) for k in METRICS)
             if key == raw_key:
-                line += f"   {'1':>8}{'':24}"
+                line += f"   {'1':>8}{'':{width - 8}}"
             else:
                 line += "   " + "".join(f"{m[k] / med[raw_key][k]:7.2f}x" for k in METRICS)
             if key != v4_key:
@@ -382,7 +409,7 @@ def main() -> int:
     ap.add_argument(
         "--dual-stack",
         action="store_true",
-        help="dual-stack lab: raw and overlay paths of IPv4 and of IPv6 (vxlan, host-gw)",
+        help="dual-stack lab: raw and overlay paths of IPv4 and of IPv6 (vxlan, host-gw, wireguard)",
     )
     args = ap.parse_args()
     if args.backends is None:
@@ -419,7 +446,11 @@ def main() -> int:
         (print_dual_tables if args.dual_stack else print_table)(results, args.reps)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        doc: dict[str, Any] = {"runs": results, "broken": broken}
+        doc: dict[str, Any] = {
+            "runs": results,
+            "medians": {b: {k: medians(v) for k, v in runs.items()} for b, runs in results.items()},
+            "broken": broken,
+        }
         if args.dual_stack:
             doc["dual_stack"] = True
         Path(args.json).write_text(json.dumps(doc, indent=1))

@@ -28,6 +28,7 @@ EPILOG = """examples:
   netns-lab/lab exec n2p1 -- ping -c1 10.244.5.2
   netns-lab/lab --name flabt1 up --nodes 2 --backend host-gw
   netns-lab/lab up --dual-stack --backend vxlan     IPv4 + IPv6 (ping-all checks both)
+  netns-lab/lab up --backend wireguard; netns-lab/lab wg n1 -- show
   netns-lab/lab down
 """
 
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--keep-on-failure", action="store_true")
     up.add_argument("--dual-stack", action="store_true",
                     help="IPv6 too: underlay 2001:db8:18::<i>/64, EnableIPv6 + IPv6Network in the "
-                         "config, dual-stack pods (vxlan, host-gw)")
+                         "config, dual-stack pods (vxlan, host-gw, wireguard)")
     up.add_argument("--ipv6-network", default=DEFAULT_IPV6_NETWORK,
                     help=f"IPv6Network of a --dual-stack config (default {DEFAULT_IPV6_NETWORK})")
     # Hidden: a dual-stack underlay with an IPv4-only config (checks the lab without daemon IPv6).
@@ -110,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("node")
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("-n", "--lines", type=int, default=100)
+
+    wg = add("wg", "run wg on a node (its namespace and its own /var/run/wireguard): "
+                   "lab wg n1 -- show")
+    wg.add_argument("node")
+    wg.add_argument("args", nargs=argparse.REMAINDER, help="wg's arguments (default: show)")
 
     ct = add("ctl", "run flannelctl against the lab's etcd: lab ctl -- subnets")
     ct.add_argument("args", nargs=argparse.REMAINDER)
@@ -266,6 +272,13 @@ def dispatch(a: argparse.Namespace, name: str) -> int:
         path = st.dir / "etcd.log" if etcd_log else daemon.log_file(st, _node(a.node, names))
         tail = ["tail", "-n", str(a.lines), *(["-F"] if a.follow else []), str(path)]
         os.execvp("tail", tail)
+    if a.cmd == "wg":
+        st = lab.load(name)
+        node = _node(a.node, names)
+        if node not in st.nodes:
+            raise lab.LabError(f"no node n{node} in lab {name!r} (nodes: {sorted(st.nodes)})")
+        args = list(a.args[1:] if a.args[:1] == ["--"] else a.args) or ["show"]
+        os.execvp("ip", daemon.wg_command(st, node, args))
     if a.cmd == "ctl":
         return _ctl(name, a.args)
     if a.cmd == "demo":

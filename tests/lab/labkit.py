@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,21 @@ class LabHandle:
 
     def log_tail(self, node: int) -> str:
         return daemon.log_tail(self.state, node, 30)
+
+    # -- wireguard nodes (see "wireguard helpers" below)
+
+    def wg_run(self, node: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``wg ARGS`` on ``node``: its namespace and its own /var/run/wireguard."""
+        return run(daemon.wg_command(self.state, node, args), check=check)
+
+    def wg_dump(self, node: int, dev: str = "flannel-wg") -> WgDump | None:
+        """``wg show DEV dump`` on ``node``, parsed (None: no such device)."""
+        res = self.wg_run(node, "show", dev, "dump", check=False)
+        return parse_wg_dump(res.stdout) if res.returncode == 0 else None
+
+    def wireguard_go_pids(self, node: int) -> list[int]:
+        """The live wireguard-go processes in ``node``'s network namespace."""
+        return wireguard_go_pids(self.node_ns(node))
 
 
 @contextlib.contextmanager
@@ -367,3 +383,58 @@ def fault_lab(name: str, **opts: Any) -> Iterator[FaultLab]:
         except BaseException:
             dump_logs(name)
             raise
+
+
+# ---------------------------------------------------------------- wireguard helpers
+
+
+@dataclass(frozen=True)
+class WgPeer:
+    """One peer line of ``wg show DEV dump``."""
+
+    public_key: str
+    endpoint: str  # "198.18.0.2:51820", "[2001:db8:18::2]:51821", "(none)"
+    allowed_ips: tuple[str, ...]
+    latest_handshake: int  # unix time, 0: never
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True)
+class WgDump:
+    """``wg show DEV dump``: the device's own line and its peers by public key."""
+
+    public_key: str
+    listen_port: int
+    peers: dict[str, WgPeer]
+
+
+def parse_wg_dump(text: str) -> WgDump | None:
+    """Parse ``wg show DEV dump`` (device line: private key, public key, port, fwmark; peer
+    lines: key, psk, endpoint, allowed ips, handshake, rx, tx, keepalive)."""
+    lines = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not lines or len(lines[0]) < 3:
+        return None
+    peers = {}
+    for f in lines[1:]:
+        ips = tuple(sorted(a for a in f[3].split(",") if a and a != "(none)"))
+        peers[f[0]] = WgPeer(f[0], f[2], ips, int(f[4]), int(f[5]), int(f[6]))
+    return WgDump(lines[0][1], int(lines[0][2]), peers)
+
+
+def wireguard_go_pids(ns: str) -> list[int]:
+    """Live (not zombie) ``wireguard-go`` processes whose network namespace is ``ns``."""
+    want = os.stat(f"/run/netns/{ns}").st_ino
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "wireguard-go":
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state not in ("Z", "X") and os.stat(entry / "ns" / "net").st_ino == want:
+                out.append(int(entry.name))
+        except OSError:
+            continue
+    return sorted(out)
