@@ -34,8 +34,8 @@ from flanneld.netops import (
     Route,
 )
 
-_REPLACE_ORDER = {"addr": 0, "fdb": 1, "neigh": 2, "route": 3}
-_DELETE_ORDER = {"route": 0, "neigh": 1, "fdb": 2, "addr": 3}
+_REPLACE_ORDER = {"addr": 0, "fdb": 1, "neigh": 2, "route": 3, "unreachable": 4}
+_DELETE_ORDER = {"route": 0, "neigh": 1, "fdb": 2, "addr": 3, "unreachable": 4}
 
 Key = tuple[Any, ...]
 

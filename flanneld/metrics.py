@@ -71,10 +71,12 @@ _NETLINK_RESULT_LABELS = {"ok": "ok", "already_present": "exists", "already_gone
 
 
 def netlink_labels(op_kind: str, result: str) -> tuple[str, str]:
-    """(kind, result) labels of an outcome: ``route_replace`` -> route, ``addr_delete`` ->
-    address, ``link_create`` -> link; ``already_present`` -> exists, ..."""
+    """(kind, result) labels of an outcome: ``route_replace`` and ``unreachable_replace`` ->
+    route, ``addr_delete`` -> address, ``link_create`` -> link; ``already_present`` ->
+    exists, ..."""
     kind = op_kind.split("_")[0]
-    return ("address" if kind == "addr" else kind), _NETLINK_RESULT_LABELS.get(result, "error")
+    kind = {"addr": "address", "unreachable": "route"}.get(kind, kind)
+    return kind, _NETLINK_RESULT_LABELS.get(result, "error")
 
 
 DRIFT_KINDS = frozenset({"route", "neigh", "fdb", "link", "address", "masq_rules"})

@@ -101,6 +101,7 @@ from flanneld.netlink_codec import (
     parse_link_counters,
     parse_neighbour,
     parse_route,
+    parse_unreachable,
     route_dump,
     route_get_request,
 )
@@ -118,6 +119,7 @@ from flanneld.netops import (
     Op,
     Outcome,
     Route,
+    UnreachableRoute,
 )
 
 __all__ = [
@@ -493,6 +495,14 @@ class Netlink:
         def parse(body: bytes) -> tuple[Route, int] | None:
             p = parse_route(body)
             return p if p is not None and p[0].family == family else None
+
+        return await self._dump(route_dump(family), parse)
+
+    async def unreachable_routes(self, family: int = AF_INET) -> list[UnreachableRoute]:
+        """``unreachable`` routes of the family, every table."""
+        def parse(body: bytes) -> UnreachableRoute | None:
+            p = parse_unreachable(body)
+            return p if p is not None and p.family == family else None
 
         return await self._dump(route_dump(family), parse)
 

@@ -43,6 +43,7 @@ from flanneld.netops import (
     Replace,
     Route,
     SetLink,
+    UnreachableRoute,
     VxlanLink,
 )
 
@@ -73,6 +74,7 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
+RTN_UNREACHABLE = 7
 RTNH_F_ONLINK = 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 # The metric the kernel gives a route added without RTA_PRIORITY (ours): 0 for IPv4,
@@ -211,6 +213,19 @@ def encode_route(route: Route, replace: bool) -> Request:
     return (RTM_DELROUTE, 0, body)
 
 
+def encode_unreachable(route: UnreachableRoute, replace: bool) -> Request:
+    """``ip route replace|del unreachable <dst> metric <m> table <t>``."""
+    family = AF_INET if route.dst.version == 4 else AF_INET6
+    head = RTMSG.pack(family, route.dst.prefixlen, 0, 0, route.table & 0xFF,
+                      RTPROT_BOOT if replace else 0,
+                      RT_SCOPE_UNIVERSE if replace else RT_SCOPE_NOWHERE, RTN_UNREACHABLE, 0)
+    body = (head + _rta(RTA_DST, route.dst.network_address.packed)
+            + _rta(RTA_TABLE, _U32.pack(route.table)) + _rta(RTA_PRIORITY, _U32.pack(route.metric)))
+    if replace:
+        return (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body)
+    return (RTM_DELROUTE, 0, body)
+
+
 def encode_neighbour(neigh: Neighbour, replace: bool) -> Request:
     family = AF_INET if neigh.address.version == 4 else AF_INET6
     body = NDMSG.pack(family, neigh.ifindex, NUD_PERMANENT, 0, 0) + _rta(
@@ -287,6 +302,8 @@ def encode_op(op: Op) -> Request:
             return encode_neighbour(obj, replace)
         if isinstance(obj, FdbEntry):
             return encode_fdb(obj, replace)
+        if isinstance(obj, UnreachableRoute):
+            return encode_unreachable(obj, replace)
         return encode_address(obj, replace)
     if isinstance(op, CreateVxlan):
         return encode_create_vxlan(op.link)
@@ -342,6 +359,21 @@ def link_get_request(name: str) -> Request:
 
 
 # --- parsers --------------------------------------------------------------------------------
+
+def parse_unreachable(body: bytes) -> UnreachableRoute | None:
+    """An IPv4 or IPv6 ``unreachable`` route, or None for anything else."""
+    family, dst_len, _, _, table, _, _, rtype, _ = RTMSG.unpack_from(body, 0)
+    if family not in _ADDR_LEN or rtype != RTN_UNREACHABLE:
+        return None
+    a = attrs(body, RTMSG.size)
+    if RTA_TABLE in a:
+        table = _U32.unpack(a[RTA_TABLE])[0]
+    dst = a.get(RTA_DST, _ZERO[family])
+    if len(dst) != _ADDR_LEN[family]:
+        return None
+    metric = _U32.unpack(a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0
+    return UnreachableRoute(_net(family, dst, dst_len), metric, table)
+
 
 def parse_route(body: bytes) -> tuple[Route, int] | None:
     """An IPv4 or IPv6 unicast single-path route and its metric, or None for anything else."""

@@ -136,7 +136,29 @@ class FdbEntry:
         return family_of(self.dst)
 
 
-KernelObject = Address | Route | Neighbour | FdbEntry
+@dataclass(frozen=True, slots=True)
+class UnreachableRoute:
+    """``ip route add unreachable <dst> metric <metric>``: the answer for ``dst`` when no
+    route of a lower metric is there.  The wireguard backend's fallback under its Network
+    route: while its device is missing (wireguard-go died, with its TUN and the route on it),
+    pod traffic to other nodes is refused, never sent out in clear by the default route."""
+
+    dst: IPNetwork
+    metric: int
+    table: int = RT_TABLE_MAIN
+
+    kind = "unreachable"
+
+    @property
+    def key(self) -> tuple[str, int, IPNetwork, int]:
+        return ("unreachable", self.table, self.dst, self.metric)
+
+    @property
+    def family(self) -> int:
+        return family_of(self.dst)
+
+
+KernelObject = Address | Route | Neighbour | FdbEntry | UnreachableRoute
 
 
 @dataclass(frozen=True, slots=True)

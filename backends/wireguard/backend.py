@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,13 +62,17 @@ from flanneld.errors import ConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.logging_setup import log_event
 from flanneld.netlink import KernelError, Netlink
-from flanneld.netops import KernelObject, Op, Route, SetLink
+from flanneld.netops import KernelObject, Op, Route, SetLink, UnreachableRoute
 
 log = logging.getLogger(__name__)
 
 DEVICE = "flannel-wg"
 DEVICE_V6 = "flannel-wg-v6"
 STATS_INTERVAL = 10.0
+# The fallback route's metric: above the device route's (IPv4 0, IPv6 1024, as the kernel
+# gives a route added without one).
+FALLBACK_METRIC = 4096
+HELLO_PORT = 9  # discard: a datagram to a peer's device address makes WireGuard handshake
 # A peer we keep sending to without a completed handshake for this long is "stalled"
 # (WireGuard rejects session keys after 180 s: a working peer with traffic handshakes sooner).
 STALLED_AFTER = 180.0
@@ -197,15 +202,17 @@ class WireguardBackend(Backend):
                   level=logging.WARNING, device=name)
         self.wake_repair()
 
-    async def setup_device(self, dev: WgDevice) -> tuple[int, DeviceState | None]:
-        """Make the device exist with our key, port, MTU and up; the changes it took, and
-        the device's state as read when that took no configuration request (None: it did)."""
+    async def setup_device(self, dev: WgDevice) -> tuple[int, DeviceState | None, bool]:
+        """Make the device exist with our key, port, MTU and up; the changes it took, the
+        device's state as read when that took no configuration request (None: it did), and
+        whether the device was new (made now, or by wireguard-go's supervisor: no key)."""
         async with self._setup_lock:
             assert self._private is not None and self.public_key is not None
             name, ops = dev.spec.name, 0
             try:
                 created = await self.driver.ensure_device(name)
                 state: DeviceState | None = None if created else await self.driver.state(name)
+                fresh = created or state is None or state.public_key is None
                 if state is None or state.public_key != self.public_key \
                         or state.listen_port != dev.spec.port:
                     await self.driver.configure(name, DeviceConfig(
@@ -225,7 +232,7 @@ class WireguardBackend(Backend):
                 ops += 1
             dev.index = link.index
             dev.needs_setup = False
-            return ops, state if ops == 0 else None
+            return ops, state if ops == 0 else None, fresh
 
     async def register_network(self, lease: Lease) -> Network:
         parts: list[Network] = []
@@ -304,6 +311,29 @@ class WireguardBackend(Backend):
 
     def metrics_collector(self) -> Collector:
         return HealthCollector(self)
+
+
+def kick_handshakes(peers: Iterable[PeerConfig]) -> int:
+    """One empty datagram through the tunnel to each peer's device address (its subnet's
+    network address, on its flannel-wg): WireGuard starts a handshake for it at once."""
+    sent = 0
+    socks: dict[int, socket.socket] = {}
+    try:
+        for peer in peers:
+            for net in peer.allowed_ips:
+                family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+                sock = socks.get(family)
+                if sock is None:
+                    sock = socks[family] = socket.socket(family, socket.SOCK_DGRAM)
+                    sock.setblocking(False)
+                with contextlib.suppress(OSError):
+                    sock.sendto(b"", (str(net.network_address), HELLO_PORT))
+                    sent += 1
+    finally:
+        for sock in socks.values():
+            sock.close()
+    log_event(log, "wireguard handshakes started", peers=sent)
+    return sent
 
 
 class HealthCollector(Collector):
@@ -390,7 +420,11 @@ class WireguardNetwork(Network):
     async def set_addresses(self) -> int:
         """The lease's address (per half of the device) and the Network route through the
         device; every other address and route of those families on it goes (the device is
-        flannel's; IPv6 link-local ones are the kernel's)."""
+        flannel's; IPv6 link-local ones are the kernel's).  Under the Network route, an
+        ``unreachable`` route for the Network (metric FALLBACK_METRIC) stays when the device
+        goes (wireguard-go died: its TUN and the route on it are gone), so that pod traffic
+        fails closed instead of leaving by the default route in clear.  It is left in place
+        when the daemon stops, as the device is."""
         dev, netconf = self.device, self.backend.ctx.netconf
         ops: list[Op] = []
         for half in dev.spec.halves:
@@ -404,6 +438,9 @@ class WireguardNetwork(Network):
                 r for r in await self.wg.netlink.routes(family=half.family)
                 if r.ifindex == dev.index and not r.dst.is_link_local]
             ops += diff([Route(network, dev.index)], routes, lambda _: True)
+            fallback = UnreachableRoute(network, FALLBACK_METRIC)
+            ops += diff([fallback], [u for u in await self.wg.netlink.unreachable_routes(
+                half.family) if u.key == fallback.key], lambda _: True)
         outcomes = await self.wg.netlink.apply(ops)
         failed = [o for o in outcomes if not o.ok]
         if failed:
@@ -482,7 +519,7 @@ class WireguardNetwork(Network):
         async with self._lock:
             wg, dev = self.wg, self.device
             assert wg.public_key is not None
-            setup_ops, state = await wg.setup_device(dev)  # one read when nothing changed
+            setup_ops, state, fresh = await wg.setup_device(dev)  # one read if all is well
             address_ops = await self.set_addresses()
             if state is None:
                 try:
@@ -496,6 +533,10 @@ class WireguardNetwork(Network):
                           subnet=lease.subnet, device=dev.spec.name, reason=why)
             ops = plan(desired, state.peers)
             await self._configure(ops)
+            if fresh and self.programmed:
+                # A device made again (wireguard-go restarted) has no sessions: peers that
+                # only send to us would wait for WireGuard's 15 s retry.  Say hello now.
+                kick_handshakes([peer for _, peer in desired.values()])
             repaired = sum(1 for op in ops if self._drift(op))
             self.programmed = dict(desired)
             self._key_of = {lease.subnet: key for key, (lease, _) in desired.items()}

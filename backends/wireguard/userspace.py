@@ -13,9 +13,10 @@ of userspace devices).  What this driver adds:
   ``errno=``, within ``request_timeout``.
 - A supervisor task per device notices wireguard-go is gone (a child of ours: its pidfd becomes
   readable and it is reaped at once; one we attached to: the socket stops accepting, or is
-  replaced by another one, polled every ``poll_interval``), starts it again with a backoff
-  (1 s, 2 s, ... 30 s; a run of ``STABLE_AFTER`` seconds resets it) and calls the ``on_lost``
-  callbacks: a new wireguard-go has a new, empty device (no key, port, address, routes, peers).
+  replaced by another one, polled every ``poll_interval``), starts it again (at once, then
+  1 s, 2 s, ... 30 s between failed starts; a run of ``STABLE_AFTER`` seconds resets it) and
+  calls the ``on_lost`` callbacks: a new wireguard-go has a new, empty device (no key, port,
+  address, routes, peers).
 - ``close`` stops supervising and leaves every wireguard-go running.
 
 A private key or preshared key is never logged or put into an error: requests are not echoed,
@@ -52,7 +53,7 @@ START_TIMEOUT = 5.0
 POLL_INTERVAL = 1.0
 RESTART_INITIAL = 1.0
 RESTART_CAP = 30.0
-STABLE_AFTER = 60.0  # a wireguard-go that ran this long restarts from RESTART_INITIAL again
+STABLE_AFTER = 60.0  # a wireguard-go that ran this long is restarted at once again
 LOG_TAIL_LINES = 8
 IFNAMSIZ = 16
 # An answer to a get is ~250 bytes a peer: allow a few hundred thousand peers.
@@ -428,7 +429,7 @@ class UserspaceDriver:
 
     def _supervise(self, ifname: str, proc: subprocess.Popen[bytes] | None) -> None:
         dev = _Device(ifname=ifname, proc=proc, socket_ino=_inode(self.socket_path(ifname)),
-                      since=time.monotonic(), delay=self.restart_initial)
+                      since=time.monotonic(), delay=0.0)
         self._devices[ifname] = dev
         dev.task = asyncio.create_task(self._supervisor(dev), name=f"wireguard-go {ifname}")
 
@@ -450,7 +451,7 @@ class UserspaceDriver:
             dev.restarting = True
             ran = time.monotonic() - dev.since
             if ran >= STABLE_AFTER:
-                dev.delay = self.restart_initial
+                dev.delay = 0.0
             log.warning("wireguard-go for %s %s after %.0f s; restarting it", dev.ifname,
                         reason, ran)
             await self._restart(dev)
@@ -467,14 +468,15 @@ class UserspaceDriver:
                     log.exception("on_lost callback for %s failed", dev.ifname)
 
     async def _restart(self, dev: _Device) -> None:
-        """Start wireguard-go again, after ``dev.delay`` and with a growing delay between
-        failed attempts, until it answers (or attach to one someone else started)."""
+        """Start wireguard-go again, after ``dev.delay`` (0 the first time: pod traffic is
+        refused while the device is gone) and with a growing delay between failed attempts,
+        until it answers (or attach to one someone else started)."""
         while True:
             dev.restarts += 1
             log.warning("restart %d of wireguard-go for %s in %g s", dev.restarts,
                         dev.ifname, dev.delay)
             await asyncio.sleep(dev.delay)
-            dev.delay = min(self.restart_cap, dev.delay * 2)
+            dev.delay = min(self.restart_cap, max(self.restart_initial, dev.delay * 2))
             try:
                 if await self._answers(dev.ifname):  # someone started one: use it
                     child = _children.get(str(self.socket_path(dev.ifname)))

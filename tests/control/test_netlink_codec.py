@@ -47,6 +47,7 @@ from flanneld.netops import (
     Replace,
     Route,
     SetLink,
+    UnreachableRoute,
     VxlanLink,
 )
 
@@ -63,6 +64,8 @@ NEIGH_V4 = Neighbour(5, A("10.244.2.0"), "0a:00:00:00:02:02")
 NEIGH_V6 = Neighbour(5, A6("fd00:244:2::"), "0a:00:00:00:06:02")
 FDB_V4 = FdbEntry(5, "0a:00:00:00:02:02", A("198.18.0.2"))
 FDB_V6 = FdbEntry(5, "0a:00:00:00:06:02", A6("2001:db8:18::2"))
+UNREACH_V4 = UnreachableRoute(N("10.244.0.0/16"), 4096)
+UNREACH_V6 = UnreachableRoute(N6("fd00:244::/56"), 4096)
 ADDR_V4 = Address(5, A("10.244.1.0"), 32)
 ADDR_V6 = Address(5, A6("fd00:244:1::"), 128)
 VXLAN_V4 = VxlanLink("flannel.1", 1, A("198.18.0.1"), 2, 8472, "0a:00:00:00:01:01", 1450)
@@ -79,6 +82,9 @@ MESSAGES: dict[str, tuple[codec.Request, bool]] = {
     "route_replace_v6_onlink": (codec.encode_op(Replace(ROUTE_V6_ONLINK)), True),
     "route_replace_v6_dev": (codec.encode_op(Replace(ROUTE_V6_DEV)), True),
     "route_delete_v6": (codec.encode_op(Delete(ROUTE_V6_ONLINK)), True),
+    "unreachable_replace_v4": (codec.encode_op(Replace(UNREACH_V4)), True),
+    "unreachable_delete_v4": (codec.encode_op(Delete(UNREACH_V4)), True),
+    "unreachable_replace_v6": (codec.encode_op(Replace(UNREACH_V6)), True),
     "neigh_replace_v4": (codec.encode_op(Replace(NEIGH_V4)), True),
     "neigh_delete_v4": (codec.encode_op(Delete(NEIGH_V4)), True),
     "neigh_replace_v6": (codec.encode_op(Replace(NEIGH_V6)), True),
@@ -131,6 +137,13 @@ DECODED: dict[str, tuple[type, int, int, tuple[int, ...], list[tuple[str, Any]]]
         ("RTA_GATEWAY", "10.244.2.0")]),
     "route_replace_v4_dev": (rtmsg, 24, _SET, (2, 16, 0, 0, 254, 3, 253, 1, 0), [
         ("RTA_DST", "10.245.0.0"), ("RTA_TABLE", 254), ("RTA_OIF", 5)]),
+    # unreachable (type 7), scope universe, proto boot, metric as RTA_PRIORITY, no device
+    "unreachable_replace_v4": (rtmsg, 24, _SET, (2, 16, 0, 0, 254, 3, 0, 7, 0), [
+        ("RTA_DST", "10.244.0.0"), ("RTA_TABLE", 254), ("RTA_PRIORITY", 4096)]),
+    "unreachable_delete_v4": (rtmsg, 25, _DEL, (2, 16, 0, 0, 254, 0, 255, 7, 0), [
+        ("RTA_DST", "10.244.0.0"), ("RTA_TABLE", 254), ("RTA_PRIORITY", 4096)]),
+    "unreachable_replace_v6": (rtmsg, 24, _SET, (10, 56, 0, 0, 254, 3, 0, 7, 0), [
+        ("RTA_DST", "fd00:244::"), ("RTA_TABLE", 254), ("RTA_PRIORITY", 4096)]),
     "route_delete_v4": (rtmsg, 25, _DEL, (2, 24, 0, 0, 254, 0, 255, 0, 0), [
         ("RTA_DST", "10.244.2.0"), ("RTA_TABLE", 254), ("RTA_OIF", 5),
         ("RTA_GATEWAY", "10.244.2.0")]),
@@ -333,6 +346,14 @@ def test_family_follows_the_address_type() -> None:
 
 
 # --- replies as pyroute2 encodes them -> our parsers ---------------------------------------
+
+def test_unreachable_routes_round_trip_and_are_no_unicast_route() -> None:
+    for obj, name in ((UNREACH_V4, "unreachable_replace_v4"), (UNREACH_V6, "unreachable_replace_v6")):
+        body = body_of(golden(name))
+        assert codec.parse_unreachable(body) == obj
+        assert codec.parse_route(body) is None  # not a route a planner may own
+    assert codec.parse_unreachable(body_of(golden("route_replace_v4_dev"))) is None
+
 
 def test_parse_ipv6_route_reply() -> None:
     body = reply(rtmsg, 24, {"family": 10, "dst_len": 64, "table": 254, "proto": 3, "type": 1,

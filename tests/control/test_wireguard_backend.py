@@ -20,7 +20,13 @@ import pytest
 from flanneld.backends import backend_class
 from flanneld.backends.base import BackendContext, ExternalInterface, StackedNetwork
 from flanneld.backends.family import V4, V6
-from flanneld.backends.wireguard.backend import WireguardBackend, WireguardNetwork
+from flanneld.backends.wireguard import backend as wgbackend
+from flanneld.backends.wireguard.backend import (
+    FALLBACK_METRIC,
+    WireguardBackend,
+    WireguardNetwork,
+    kick_handshakes,
+)
 from flanneld.backends.wireguard.keys import Key
 from flanneld.backends.wireguard.model import (
     DeviceConfig,
@@ -46,6 +52,7 @@ from flanneld.netops import (
     Replace,
     Route,
     SetLink,
+    UnreachableRoute,
 )
 
 pytestmark = pytest.mark.unit
@@ -127,7 +134,7 @@ class FakeKernel:
 
     def __init__(self) -> None:
         self.links: dict[str, LinkInfo] = {}
-        self.objects: dict[Any, Address | Route] = {}
+        self.objects: dict[Any, Address | Route | UnreachableRoute] = {}
 
     async def link(self, name: str) -> LinkInfo | None:
         if name.startswith("flannel-wg") and name not in self.links:
@@ -142,10 +149,10 @@ class FakeKernel:
                 self.links[op.name] = LinkInfo(old.name, old.index, old.mac, op.mtu or old.mtu,
                                                op.up, old.kind)
             elif isinstance(op, Replace):
-                assert isinstance(op.obj, (Address, Route))
+                assert isinstance(op.obj, (Address, Route, UnreachableRoute))
                 self.objects[op.obj.key] = op.obj
             else:
-                assert isinstance(op, Delete) and isinstance(op.obj, (Address, Route))
+                assert isinstance(op, Delete) and isinstance(op.obj, (Address, Route, UnreachableRoute))
                 self.objects.pop(op.obj.key, None)
             out.append(Outcome(op, OpResult.OK))
         return out
@@ -156,6 +163,10 @@ class FakeKernel:
 
     async def routes(self, family: int = AF_INET) -> list[Route]:
         return [o for o in self.objects.values() if isinstance(o, Route) and o.family == family]
+
+    async def unreachable_routes(self, family: int = AF_INET) -> list[UnreachableRoute]:
+        return [o for o in self.objects.values()
+                if isinstance(o, UnreachableRoute) and o.family == family]
 
     async def close(self) -> None:
         pass
@@ -389,7 +400,8 @@ async def test_register_sets_key_port_mtu_address_and_one_network_route(key_file
     link = kernel.links["flannel-wg"]
     assert (link.mtu, link.up) == (1420, True)
     assert set(kernel.objects.values()) == {Address(link.index, IPv4Address("10.244.1.0"), 32),
-                                            Route(NETWORK, link.index)}
+                                            Route(NETWORK, link.index),
+                                            UnreachableRoute(NETWORK, FALLBACK_METRIC)}
     assert isinstance(network, WireguardNetwork)
     await be.close()
 
@@ -470,7 +482,10 @@ async def test_repair_counts_drift_and_removes_foreign_peers(key_file: Path) -> 
     await be.close()
 
 
-async def test_a_lost_device_wakes_a_repair_that_makes_it_whole(key_file: Path) -> None:
+async def test_a_lost_device_wakes_a_repair_that_makes_it_whole(
+        key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kicked: list[list[PeerConfig]] = []
+    monkeypatch.setattr(wgbackend, "kick_handshakes", lambda peers: kicked.append(list(peers)))
     be, driver, kernel = make()
     woken: list[bool] = []
     be.wake_repair = lambda: woken.append(True)
@@ -486,6 +501,9 @@ async def test_a_lost_device_wakes_a_repair_that_makes_it_whole(key_file: Path) 
     assert set(driver.peers()) == {peer_key(0), peer_key(1)}
     assert Route(NETWORK, kernel.links["flannel-wg"].index) in kernel.objects.values()
     assert result.repaired == 2  # the peers it had been told
+    assert [{p.public_key for p in batch} for batch in kicked] == [{peer_key(0), peer_key(1)}]
+    await network.repair(leases)  # a healthy device: no more hellos
+    assert len(kicked) == 1
     await be.close()
 
 
@@ -561,6 +579,23 @@ def test_a_never_handshaken_peer_has_infinite_age(key_file: Path) -> None:
     state = DeviceState(None, 51820, (PeerState(peer_key(0), None, (), False, 0, 0.0, 0, 0),))
     be.observe_health(be.devices[0], state, 50.0)
     assert be.health["flannel-wg"][peer_key(0)].handshake_age == math.inf
+
+
+def test_hellos_go_to_each_peers_device_address() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.0", 0))  # the network address of the "peer subnet" 127.0.0.0/8
+        port = rx.getsockname()[1]
+        rx.settimeout(5)
+        old = wgbackend.HELLO_PORT
+        wgbackend.HELLO_PORT = port
+        try:
+            sent = kick_handshakes([PeerConfig(peer_key(0),
+                                               allowed_ips=(IPv4Network("127.0.0.0/8"),))])
+        finally:
+            wgbackend.HELLO_PORT = old
+        assert sent == 1 and rx.recvfrom(16)[0] == b""
 
 
 def test_reprs_never_show_secrets() -> None:

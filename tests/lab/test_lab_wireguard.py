@@ -368,11 +368,12 @@ class TestWireguardLab:
         assert not wgl.peer_problems(node) and not wgl.device_problems(node)
 
     def test_wireguard_go_sigkilled_is_restarted_and_repaired(self, wgl: WgLab, tmp_path: Path) -> None:
-        """The new wireguard-go has a new, empty device: the daemon sets it up again at once.
-        Its peers keep their old session with n2 until they learn otherwise: where n2 sends
-        first (n2p1 -> n1p1), n2 starts a handshake and both directions are back at once; a
-        peer that only sends to n2 (n3p1 -> n2p1) waits for WireGuard's own rekey timer (no
-        answer for 15 s: a new handshake), so that path's outage is ~15 s (printed, bounded)."""
+        """The new wireguard-go has a new, empty device: the daemon sets it up again at once
+        and starts a handshake with every peer (a datagram to each peer's device address), so
+        a peer that only sends to n2 (n3p1 -> n2p1) is back as soon as one that n2 sends to
+        (without it, it waited ~15 s for WireGuard's own retry).  While the device is gone,
+        the Network's unreachable fallback route refuses pod traffic: nothing with a pod
+        address crosses the underlay in clear (it did before the fallback: ~20-36 packets)."""
         node = 2
         (old,) = wgl.wireguard_go_pids(node)
         # Our child (the daemon started it: its exit wakes the supervisor) or one the daemon
@@ -380,7 +381,8 @@ class TestWireguardLab:
         child = _ppid(old) == wgl.flanneld_pid(node)
         key = wgl.lease_key_of(node)
         drift_before = _drift_total(wgl.metrics(node))
-        # What leaves n2 in clear while its device is gone (its Network route goes with it).
+        # What would leave n2 in clear while its device is gone (its Network route goes with
+        # it; the unreachable fallback route must catch that traffic).
         leak_file = tmp_path / "leak.txt"
         with leak_file.open("w") as fh:
             leak = subprocess.Popen(nsexec(wgl.names.underlay_ns, [
@@ -423,12 +425,9 @@ class TestWireguardLab:
             gaps.append(r.max_gap(t_kill, end))
             figure("wg_wireguard_go_killed_ping", path=f"{p.src}->{p.dst}", sent=r.sent, lost=r.lost,
                    max_gap_s=gaps[-1])  # fmt: skip
-        if leaked:
-            print(f"while n{node}'s device was gone, {len(leaked)} packets with pod addresses crossed "
-                  "the underlay in clear (the Network route went with the device):\n  "
-                  + "\n  ".join(leaked[:5]))  # fmt: skip
-        assert max(gaps[:2]) < 5.0, gaps
-        assert gaps[2] < 25.0, gaps
+        assert not leaked, (f"while n{node}'s device was gone, {len(leaked)} packets with pod "
+                            "addresses crossed the underlay in clear:\n  " + "\n  ".join(leaked[:5]))
+        assert max(gaps) < 5.0, gaps  # the passive path too: the daemon started the handshake
         lines = wgl.log_since(node, offset)
         log = "\n".join(lines)
         gone = "killed by SIGKILL" if child else "stopped accepting on /var/run/wireguard/flannel-wg.sock"

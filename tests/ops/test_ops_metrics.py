@@ -271,12 +271,13 @@ def test_every_netlink_op_and_result_has_its_own_label() -> None:
         Replace,
         Route,
         SetLink,
+        UnreachableRoute,
         VxlanLink,
     )
 
     ip = IPv4Address("10.244.1.0")
     objects = [Address(1, ip), Route(IPv4Network("10.244.1.0/24"), 1), Neighbour(1, ip, "0a:00:00:00:00:01"),
-               FdbEntry(1, "0a:00:00:00:00:01", ip)]
+               FdbEntry(1, "0a:00:00:00:00:01", ip), UnreachableRoute(IPv4Network("10.244.0.0/16"), 4096)]
     ops = [*(Replace(o) for o in objects), *(Delete(o) for o in objects),
            CreateVxlan(VxlanLink("flannel.1", 1, ip, 2, 8472, "0a:00:00:00:00:01", 1450)),
            DeleteLink("flannel.1"), SetLink("flannel.1")]
