@@ -527,6 +527,10 @@ class WireguardNetwork(Network):
                 except WireguardDriverError as exc:
                     raise KernelError(f"wireguard device {dev.spec.name}: {exc}") from None
             peers = [p for p in (self.wanted(lease) for lease in leases.values()) if p]
+            # Who holds a key contested by two leases: the lease that holds it now, else the
+            # oldest (the same rule as events, so a repair never flips a peer to another).
+            held = {lease.subnet for lease, _ in self.programmed.values()}
+            peers.sort(key=lambda p: (p.subnet not in held, p.created, p.subnet.network_address))
             desired, refused = desired_peers(dev.spec, wg.public_key, peers)
             for lease, why in refused:
                 log_event(log, "peer not programmed", level=logging.WARNING,
