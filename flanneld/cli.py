@@ -75,13 +75,13 @@ async def _run(config: DaemonConfig) -> int:
             raise
         kube = KubeStore(client, etcd_prefix=config.etcd_prefix,
                          net_config_path=config.net_config_path,
-                         annotation_prefix=config.kube_annotation_prefix)
+                         annotation_prefix=config.kube_annotation_prefix, observer=observe)
         manager = KubeSubnetManager(kube, node, prefix=config.etcd_prefix,
                                     set_network_unavailable=config.set_node_network_unavailable)
-        log.info("kube subnet manager: node %s, apiserver %s (%s)", node, client.config.server,
-                 client.config.source)
+        log.info("kube subnet manager: node %s, apiserver %s", node, client.config.describe())
         daemon = Daemon(config, kube, resolve_interface, freeze_gc=True,
                         manager=manager, store_endpoints=client.config.server)
+        manager.report = daemon.readiness.set_detail  # a failing API call is shown on /readyz
         return await daemon.run()
     store = make_store(config, observe)
     daemon = Daemon(config, store, resolve_interface, freeze_gc=True)

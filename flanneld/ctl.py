@@ -6,10 +6,18 @@
     flannelctl config get [-o json|yaml]
     flannelctl config set [--dry-run] FILE          YAML or JSON, validated like the daemon does
     flannelctl docker-opts [--subnet-file F]        mk-docker-opts.sh output for this node
+    flannelctl --kube-subnet-mgr [--kubeconfig-file F] [--kube-api-url U] subnets [-o json]
+                                                    Kubernetes mode: the nodes' leases
 
 ``-o`` may come before or after the command.  Reads the same etcd flags and FLANNELD_*
 environment variables as flanneld.  Data goes to stdout, messages to stderr; exit 1 on failure
 or refusal (nothing is changed then), 2 on usage errors (a bad flag or variable value).
+
+With ``--kube-subnet-mgr`` (as the daemon's) the leases are read from the Nodes instead of etcd
+(each node's podCIDR and its ``flannel.alpha.coreos.com/*`` annotations, exactly as the daemons
+see them: ``flanneld.kube_store``), with a NODE column; the network config is the
+``--net-config-path`` file.  Only ``subnets`` (listing) and ``config get`` work there: leases
+are written by each node's flanneld, not by hand.
 
 ``subnets reserve`` checks a reservation as the daemons check a lease (the same LeasePolicy:
 inside Network, SubnetLen long, a usable PublicIP, no etcd address covered), within SubnetMin
@@ -47,6 +55,16 @@ _ETCD_FLAGS: dict[str, tuple[str, str]] = {
     "etcd-password": ("", "etcd basic auth password"),
     "etcd-timeout": ("5", "deadline of each etcd request, seconds (a positive number)"),
 }
+
+# Kubernetes mode's flags (the daemon's names): flag -> (default, help)
+_KUBE_FLAGS: dict[str, tuple[str, str]] = {
+    "kubeconfig-file": ("", "kubeconfig file (default: in-cluster config)"),
+    "kube-api-url": ("", "Kubernetes API server URL (overrides the kubeconfig's server)"),
+    "kube-annotation-prefix": ("flannel.alpha.coreos.com", "the nodes' annotation prefix"),
+    "net-config-path": ("/etc/kube-flannel/net-conf.json",
+                        "the network config file (leases are checked against it when it exists)"),
+}
+_KUBE_COMMANDS = ("subnets", "config get")
 
 # What each command prints, by format; the first one is the default.
 _FORMATS: dict[str, tuple[str, ...]] = {
@@ -121,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{flag}", default=None, type=_FLAG_TYPES.get(flag, str),
                             metavar=flag.removeprefix("etcd-").upper(),
                             help=f"{text} (default {default!r}; env {_env_name(flag)})")
+    kube = parser.add_argument_group(
+        "Kubernetes mode", "read the leases from the Nodes, as `flanneld --kube-subnet-mgr` does "
+        "(only `subnets` and `config get` work in this mode)")
+    kube.add_argument("--kube-subnet-mgr", action="store_true", default=None,
+                      help="leases are the nodes' podCIDRs and annotations, not etcd keys (env "
+                      f"{_env_name('kube-subnet-mgr')}=true)")
+    for flag, (default, text) in _KUBE_FLAGS.items():
+        kube.add_argument(f"--{flag}", default=None, metavar=flag.split("-")[-1].upper(),
+                          help=f"{text} (default {default!r}; env {_env_name(flag)})")
     parser.add_argument("-o", "--output", choices=_ALL_FORMATS, default=None, metavar="FORMAT",
                         help=_OUTPUT_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -253,6 +280,51 @@ def etcd_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                         cfg.etcd_keyfile, cfg.etcd_username, cfg.etcd_password)
 
 
+@dataclass(frozen=True)
+class KubeSettings:
+    """Kubernetes mode's flags, from flags, FLANNELD_* variables or defaults."""
+
+    kubeconfig_file: str
+    kube_api_url: str
+    annotation_prefix: str
+    net_config_path: str
+
+    def store(self, prefix: str) -> Any:
+        from flanneld.kube_client import KubeClient, resolve_config
+        from flanneld.kube_store import KubeStore
+
+        client = KubeClient(resolve_config(self.kube_api_url or None, self.kubeconfig_file or None))
+        return KubeStore(client, etcd_prefix=prefix, net_config_path=self.net_config_path,
+                         annotation_prefix=self.annotation_prefix)
+
+
+def kube_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> KubeSettings | None:
+    """The Kubernetes mode's settings; None in etcd mode.  A command that writes leases is a
+    usage error there."""
+    on = args.kube_subnet_mgr
+    if on is None:
+        flag_env = os.environ.get(_env_name("kube-subnet-mgr"), "")
+        if flag_env.lower() not in ("", "true", "false", "1", "0"):
+            parser.error(f"{_env_name('kube-subnet-mgr')}={flag_env!r}: not a boolean (true or false)")
+        on = flag_env.lower() in ("true", "1")
+    if not on:
+        return None
+    name = _command_name(args)
+    if name not in _KUBE_COMMANDS:
+        parser.error(f"--kube-subnet-mgr: 'flannelctl {name}' changes etcd, which Kubernetes mode "
+                     "does not use (leases are the nodes' podCIDRs, published by each node's "
+                     f"flanneld); only {' and '.join(repr(c) for c in _KUBE_COMMANDS)} work")
+    values: dict[str, str] = {}
+    for flag, (default, _) in _KUBE_FLAGS.items():
+        given = getattr(args, flag.replace("-", "_"))
+        env = os.environ.get(_env_name(flag))
+        values[flag] = given if given is not None else env if env is not None else default
+    if not values["kube-annotation-prefix"].strip("/"):
+        parser.error("--kube-annotation-prefix: must not be empty")
+    return KubeSettings(values["kubeconfig-file"], values["kube-api-url"],
+                        values["kube-annotation-prefix"], values["net-config-path"])
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -267,8 +339,10 @@ def _warn(message: str) -> None:
     print(f"flannelctl: warning: {message}", file=sys.stderr)
 
 
-async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
-    """The daemon's lease validation for the stored network config (None without one)."""
+async def _lease_policy(store: Any, prefix: str, endpoints: str,
+                        subnet_len: int | None = None) -> Any:
+    """The daemon's lease validation for the stored network config (None without one);
+    ``subnet_len`` replaces its SubnetLen (Kubernetes mode: the podCIDRs' length)."""
     from flanneld.endpoints import etcd_addresses
     from flanneld.lease_policy import LeasePolicy
     from flanneld.netconfig import parse_network_config
@@ -284,21 +358,38 @@ async def _lease_policy(store: Any, prefix: str, endpoints: str) -> Any:
     if not netconf.enable_ipv4:
         _warn("the network config is IPv6-only (EnableIPv4 false); leases are not checked against it")
         return None
-    return LeasePolicy.build(netconf.network, netconf.subnet_len, await etcd_addresses(endpoints),
+    return LeasePolicy.build(netconf.network, subnet_len or netconf.subnet_len,
+                             await etcd_addresses(endpoints),
                              ipv6_network=netconf.ipv6_network,
                              ipv6_subnet_len=netconf.ipv6_subnet_len)
 
 
 async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dict[str, Any]]:
     """One row per key; ``rejected`` names the reason a daemon ignores it (as the daemon's
-    lease book decides: the same policy, first holder wins), ``error`` the detail."""
+    lease book decides: the same policy, first holder wins), ``error`` the detail.
+
+    Over a KubeStore (its ``node_of``: key -> node name) each row also has ``node``, node
+    leases never expire (``expires_at``/``ttl_seconds`` null, ``reserved`` false), and the
+    length checked is the podCIDRs' (the most common one) rather than SubnetLen."""
+    from collections import Counter
+
     from flanneld.lease import decode_lease_attrs
     from flanneld.lease_book import LeaseBook
 
     snap = await store.list_prefix(subnets_prefix(prefix))
-    book = LeaseBook(await _lease_policy(store, prefix, endpoints))
+    nodes: dict[str, str] | None = getattr(store, "node_of", None)
+    subnet_len = None
+    if nodes is not None:
+        lengths: Counter[int] = Counter()
+        for kv in snap.kvs:
+            try:
+                lengths[parse_subnet_key(kv.key)[0].prefixlen] += 1
+            except LeaseDecodeError:
+                continue
+        subnet_len = lengths.most_common(1)[0][0] if lengths else None
+    book = LeaseBook(await _lease_policy(store, prefix, endpoints, subnet_len))
     book.load(snap.kvs, snap.revision)
-    lease_ids = sorted({kv.lease_id for kv in snap.kvs if kv.lease_id})
+    lease_ids = [] if nodes is not None else sorted({kv.lease_id for kv in snap.kvs if kv.lease_id})
     ttls = dict(zip(lease_ids, await asyncio.gather(*(store.time_to_live(i) for i in lease_ids)),
                     strict=True))
     now = time.time()
@@ -306,6 +397,8 @@ async def _subnet_rows(store: Any, prefix: str, endpoints: str = "") -> list[dic
     for kv in snap.kvs:
         row: dict[str, Any] = {"key": kv.key, "reserved": kv.lease_id == 0, "rejected": None,
                                "ipv6_subnet": None, "public_ipv6": None}
+        if nodes is not None:
+            row.update(node=nodes.get(kv.key), reserved=False)
         rejection = book.rejected.get(kv.key)
         if rejection is not None:
             row.update(rejected=rejection.reason.value, error=rejection.detail)
@@ -362,12 +455,15 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     columns keep working)."""
     dual = any(r.get("ipv6_subnet") or r.get("public_ipv6") for r in rows)
     keys = any(r.get("public_key") for r in rows)
+    kube = any("node" in r for r in rows)  # Kubernetes mode: node leases, a NODE column
     headers = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "TTL", "STATUS"]
     if keys:
         headers[4:4] = ["PUBLIC KEY"]
     if dual:
         headers[1:1] = ["IPV6 SUBNET"]
         headers[3:3] = ["PUBLIC IPV6"]
+    if kube:
+        headers[1:1] = ["NODE"]
     table = []
     for r in rows:
         status = f"REJECTED {r['rejected']}: {r['error']}" if r.get("rejected") else "ok"
@@ -388,6 +484,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         if dual:
             cells[1:1] = [r.get("ipv6_subnet") or "-"]
             cells[3:3] = [r.get("public_ipv6") or "-"]
+        if kube:
+            cells[1:1] = [r.get("node") or "-"]
         table.append(cells)
     widths = [max(len(h), *(len(str(row[i])) for row in table)) if table else len(h)
               for i, h in enumerate(headers)]
@@ -686,11 +784,11 @@ async def set_config(store: Any, prefix: str, path: str, raw: bytes, obj: dict[s
 
 # ---- main -----------------------------------------------------------------------------------------
 
-async def _run(args: argparse.Namespace, etcd: EtcdSettings) -> int:
+async def _run(args: argparse.Namespace, etcd: EtcdSettings, kube: KubeSettings | None = None) -> int:
     prefix = etcd.prefix
     if args.command == "config" and args.action == "set":
         raw, obj = load_config_file(args.file)
-    store = etcd.store()
+    store = etcd.store() if kube is None else kube.store(prefix)
     try:
         if args.command == "subnets":
             if args.action == "reserve":
@@ -699,7 +797,8 @@ async def _run(args: argparse.Namespace, etcd: EtcdSettings) -> int:
                 return 0
             if args.action == "release":
                 return await release(store, prefix, args.subnet)
-            rows = await _subnet_rows(store, prefix, etcd.endpoints)
+            endpoints = etcd.endpoints if kube is None else store.client.config.server
+            rows = await _subnet_rows(store, prefix, endpoints)
             if args.output == "json":
                 print(json.dumps(rows, indent=2))
             else:
@@ -711,7 +810,8 @@ async def _run(args: argparse.Namespace, etcd: EtcdSettings) -> int:
                 return 0
             kv = await store.get(config_key(prefix))
             if kv is None:
-                print(f"flannelctl: no network config at {config_key(prefix)}", file=sys.stderr)
+                where = config_key(prefix) if kube is None else kube.net_config_path
+                print(f"flannelctl: no network config at {where}", file=sys.stderr)
                 return 1
             try:
                 stored = json.loads(kv.value)
@@ -771,8 +871,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "docker-opts":
         return docker_opts(args.subnet_file)
     etcd = etcd_settings(parser, args)
+    kube = kube_settings(parser, args)
     try:
-        return asyncio.run(_run(args, etcd))
+        return asyncio.run(_run(args, etcd, kube))
     except ConfigError as exc:  # e.g. an unreadable --etcd-cafile: a bad flag value
         print(f"flannelctl: error: {exc}", file=sys.stderr)
         return 2

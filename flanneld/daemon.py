@@ -406,9 +406,16 @@ class Daemon:
         protected: set[Any] = {ext.address, ext.public_ip}
         protected |= {a for a in (ext.address6, ext.public_ipv6) if a is not None}
         protected.update(await etcd_addresses(self.store_endpoints))
-        return LeasePolicy.build(self.netconf.network, self.netconf.subnet_len, protected,
+        subnet_len, ipv6_subnet_len = self.netconf.subnet_len, self.netconf.ipv6_subnet_len
+        if self.config.kube_subnet_mgr and self.lease is not None:
+            # Kubernetes mode: every node's lease is a podCIDR of the controller manager's
+            # --node-cidr-mask-size, ours included; SubnetLen plays no part (as in Go).
+            subnet_len = self.lease.subnet.prefixlen
+            if self.lease.ipv6_subnet is not None:
+                ipv6_subnet_len = self.lease.ipv6_subnet.prefixlen
+        return LeasePolicy.build(self.netconf.network, subnet_len, protected,
                                  ipv6_network=self.netconf.ipv6_network,
-                                 ipv6_subnet_len=self.netconf.ipv6_subnet_len)
+                                 ipv6_subnet_len=ipv6_subnet_len)
 
     def _lease_rejected(self, rejection: Rejection) -> None:
         self.rejections.rejected(rejection)

@@ -803,6 +803,12 @@ class WatchStream:
             self._conn.close()
             self._conn = None
 
+    async def open(self) -> None:
+        """Send the watch request and check its answer now (``async for`` would do it at the
+        first event): an apiserver that is down, refuses the watch or answers 410 raises here."""
+        if self._conn is None and not self._ended:
+            await self._start()
+
     async def _start(self) -> None:
         what = "watch nodes"
         conn = await self._client._connect(what)

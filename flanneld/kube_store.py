@@ -15,12 +15,20 @@ annotations its flanneld publishes (Go flannel's ``pkg/subnet/kube``):
 validation of hostile content, the watcher and everything downstream run unchanged: the subnet
 manager is one more store behind the same interface.  The mapping:
 
-- list: the node list; its ``resourceVersion`` is the revision;
-- watch: the node watch from that revision, bookmarks asked for; a node event becomes a PUT
-  or DELETE only when what the lease is made of changed (kubelet's status heartbeats change
-  nothing here); a moved podCIDR is a DELETE of the old key and a PUT of the new; a 410 Gone is
-  ``CompactedError`` (the watcher re-lists and diffs); a server that ends the watch (its
-  timeout) is watched again from the last resourceVersion seen, bookmarks included;
+- list: the node list (pages of 500); its ``resourceVersion`` is the revision; ``node_of``
+  maps each key to its node's name (flannelctl shows it);
+- watch: the node watch from that revision, bookmarks asked for; the request is answered
+  before the first (empty) batch says "established", so an apiserver that is down never looks
+  connected; a node event becomes a PUT or DELETE only when what the lease is made of changed
+  (kubelet's status heartbeats change nothing here); a moved podCIDR is a DELETE of the old key
+  and a PUT of the new; a 410 Gone is ``CompactedError`` (the watcher re-lists and diffs); a
+  server that ends the watch (its timeout) is watched again from the last resourceVersion seen,
+  bookmarks included (one that ends it at once, with nothing, counts as unavailable: no tight
+  loop); what each node was last seen as is the watch's own view, based on the listing the
+  watch starts from: a later listing (the periodic resync, ``get``) never changes it, since it
+  may be ahead of the stream and would swallow the stream's events;
+- requests are reported to the daemon's observer (``list``, ``get``, ``watch``: metrics and
+  reachability, as for etcd);
 - a key's mod revision is the node's resourceVersion at the change, its create revision the
   node's creation time (the same on every node: competing claims are ordered alike);
 - ``<etcd prefix>/config`` is the net-conf.json file (``--net-config-path``), never changing.
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -201,6 +210,11 @@ def node_kv(node: Mapping[str, Any], etcd_prefix: str, names: Annotations) -> Ke
 class KubeStore:
     """``LeaseStore`` over the Kubernetes API (see the module docstring)."""
 
+    # A watch the server ends sooner than this without a single event is not a normal end
+    # (that comes after timeoutSeconds): it is reported as an outage, so the watcher's backoff
+    # applies instead of a tight re-watch loop.
+    MIN_WATCH_SECONDS = 1.0
+
     def __init__(self, client: KubeClient, *, etcd_prefix: str, net_config_path: str,
                  annotation_prefix: str = DEFAULT_ANNOTATION_PREFIX,
                  observer: RequestObserver | None = None) -> None:
@@ -209,20 +223,29 @@ class KubeStore:
         self.net_config_path = net_config_path
         self.names = Annotations(annotation_prefix)
         self._observer = observer or (lambda op, result, seconds: None)
-        # What each node was last seen as (name -> its key/value, or None), so that a node
-        # event is a lease event only when the lease changed.
-        self._seen: dict[str, KeyValue | None] = {}
-        self._resume: int = 0  # the newest resourceVersion seen (events and bookmarks)
+        # The watch's view: what each flannel node was last seen as by the watch (name -> its
+        # key/value), so that a node event is a lease event only when the lease changed.  It
+        # is the watch's alone: a listing (a resync, ``get``) never changes it, since the
+        # listing may be ahead of the stream and would swallow the stream's events.
+        self._seen: dict[str, KeyValue] = {}
+        self._resume: int = 0  # the newest resourceVersion the watch saw (events, bookmarks)
+        # The last listing (its resourceVersion and nodes): the base of a watch started from
+        # exactly that revision (at start-up, and after a 410).
+        self._listed: tuple[int, dict[str, KeyValue]] | None = None
+        # key -> node name, from the last listing (flannelctl shows it).
+        self.node_of: dict[str, str] = {}
+
+    def observe(self, op: str, result: str, started: float) -> None:
+        """Report one request to the daemon (metrics, reachability)."""
+        self._observer(op, result, time.monotonic() - started)
 
     # -- reading ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
         if key == config_key(self.etcd_prefix):
             return self._config()
-        for kv in (await self.list_prefix(subnets_prefix(self.etcd_prefix))).kvs:
-            if kv.key == key:
-                return kv
-        return None
+        _, nodes = await self._list("get")
+        return next((kv for kv in nodes.values() if kv.key == key), None)
 
     def _config(self) -> KeyValue | None:
         try:
@@ -234,27 +257,35 @@ class KubeStore:
                                         f"{exc.strerror or exc}") from None
         return KeyValue(config_key(self.etcd_prefix), raw, 0, 1, 1)
 
+    async def _list(self, op: str) -> tuple[int, dict[str, KeyValue]]:
+        """Every flannel node's key/value by node name, and the list's resourceVersion."""
+        started = time.monotonic()
+        try:
+            nodes, rv = await self.client.list_nodes()
+        except KubeApiError as exc:
+            self.observe(op, "error", started)
+            raise _unavailable(exc) from None
+        except StoreUnavailableError:
+            self.observe(op, "error", started)
+            raise
+        self.observe(op, "ok", started)
+        out: dict[str, KeyValue] = {}
+        for node in nodes:
+            kv = node_kv(node, self.etcd_prefix, self.names)
+            if kv is not None:
+                out[node_name(node)] = kv
+        return (int(rv) if rv.isdigit() else 0), out
+
     async def list_prefix(self, prefix: str) -> Snapshot:
         if prefix != subnets_prefix(self.etcd_prefix):
             if config_key(self.etcd_prefix).startswith(prefix):
                 kv = self._config()
                 return Snapshot((kv,) if kv else (), 1)
             return Snapshot((), 1)
-        try:
-            nodes, rv = await self.client.list_nodes()
-        except KubeApiError as exc:
-            raise _unavailable(exc) from None
-        kvs = []
-        seen: dict[str, KeyValue | None] = {}
-        for node in nodes:
-            kv = node_kv(node, self.etcd_prefix, self.names)
-            seen[node_name(node)] = kv
-            if kv is not None:
-                kvs.append(kv)
-        self._seen = seen
-        revision = int(rv) if rv.isdigit() else 0
-        self._resume = revision
-        return Snapshot(tuple(kvs), revision)
+        revision, nodes = await self._list("list")
+        self._listed = (revision, nodes)
+        self.node_of = {kv.key: name for name, kv in nodes.items()}
+        return Snapshot(tuple(nodes.values()), revision)
 
     # -- watching --------------------------------------------------------------------------
 
@@ -265,15 +296,28 @@ class KubeStore:
             yield []
             await asyncio.Event().wait()
             return
-        rv = max(start_revision - 1, self._resume)
+        base = start_revision - 1
+        listed = self._listed
+        if listed is not None and listed[0] == base and base >= self._resume:
+            # Watching from a listing (start-up, after a 410): the listing is the base.
+            self._seen = dict(listed[1])
+            rv = base
+        else:
+            # Resuming a broken watch: from what the watch saw last (bookmarks included).
+            rv = max(base, self._resume)
         established = False
         while True:
+            started = time.monotonic()
+            events = 0
             try:
                 async with self.client.watch_nodes(str(rv)) as stream:
+                    await stream.open()
+                    self.observe("watch", "ok", started)
                     if not established:
                         established = True
                         yield []
                     async for type_, node in stream:
+                        events += 1
                         rv = max(rv, _revision(node))
                         self._resume = rv
                         if type_ == "BOOKMARK":
@@ -282,18 +326,26 @@ class KubeStore:
                         if batch:
                             yield batch
             except GoneError as exc:
-                raise CompactedError(0) from exc
+                self.observe("watch", "error", started)
+                raise ResourceVersionExpiredError(exc) from exc
             except KubeApiError as exc:
+                self.observe("watch", "error", started)
                 raise _unavailable(exc) from None
+            except StoreUnavailableError:
+                self.observe("watch", "error", started)
+                raise
+            if not events and time.monotonic() - started < self.MIN_WATCH_SECONDS:
+                raise StoreUnavailableError("watch nodes: the apiserver ended the watch at once")
             # The server ended the watch (its timeout): watch again from where it was.
 
     def _node_event(self, type_: str, node: JsonObject) -> list[WatchEvent]:
         name = node_name(node)
         old = self._seen.get(name)
         new = None if type_ == "DELETED" else node_kv(node, self.etcd_prefix, self.names)
-        self._seen[name] = new
         if new is None:
             self._seen.pop(name, None)
+        else:
+            self._seen[name] = new
         revision = _revision(node)
         events: list[WatchEvent] = []
         if old is not None and (new is None or new.key != old.key):
@@ -327,6 +379,15 @@ class KubeStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class ResourceVersionExpiredError(CompactedError):
+    """A 410 Gone on the node watch: etcd's compaction, as the lease watcher knows it (it
+    re-lists and diffs), with the apiserver's words."""
+
+    def __init__(self, gone: GoneError) -> None:
+        super().__init__(0)
+        Exception.__init__(self, f"resourceVersion expired ({gone.message or gone.reason}: 410)")
 
 
 def _read_only(key: str) -> StoreUnavailableError:

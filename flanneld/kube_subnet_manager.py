@@ -11,8 +11,14 @@ lease keeper, the watcher and the daemon do not know which one runs):
   then published as the node's annotations with one strategic-merge patch through the
   ``nodes/status`` subresource, as Go does (so the ClusterRole needs ``patch`` on
   ``nodes/status`` only).  ``<prefix>/public-ip-overwrite`` on the node replaces our PublicIP;
-- a node lease never expires: renewing is nothing; defending (our annotations changed by
-  someone else) patches them back;
+- a node lease never expires: renewing is nothing; defending (our node's lease changed, seen
+  by the watch) patches our annotations back when someone edited them, takes a
+  ``public-ip-overwrite`` added (or removed) since as our PublicIP (the store lets the overwrite
+  win, so the lease we hold is the one the other nodes see), and gives the lease up when our
+  Node is gone or has another podCIDR (the keeper acquires anew: it waits for the Node);
+- every failing call of ours (a 403 names the missing permission in the apiserver's words) is
+  retried with backoff, never an exit, logged, and shown on /readyz (``report``, wired to the
+  readiness details by the daemon's caller);
 - once the datapath is programmed the node's ``NetworkUnavailable`` condition is set False
   with reason ``FlannelIsUp`` (``--set-node-network-unavailable``, default true).
 
@@ -23,11 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, TypeVar
 
 from flanneld.errors import ConfigError, FlannelError, NetworkConfigError, StoreUnavailableError
 from flanneld.kube_client import KubeApiError, KubeClient
@@ -40,13 +46,18 @@ from flanneld.netconfig import (
     parse_network_config,
     unsupported_reason,
 )
-from flanneld.subnet_manager import MissingNetworkConfigError, SubnetManager
+from flanneld.subnet_manager import LeaseLostError, MissingNetworkConfigError, SubnetManager
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PodCidrNotAssignedError(FlannelError):
     """The node has no podCIDR yet (the controller manager assigns it): retried."""
+
+
+class NodeNotFoundError(StoreUnavailableError):
+    """Our Node object does not exist (not registered yet, or deleted): retried."""
 
 
 async def node_identity(client: KubeClient, environ: Mapping[str, str] | None = None) -> str:
@@ -75,6 +86,12 @@ class KubeSubnetManager(SubnetManager):
         self.node = node
         self.set_network_unavailable = set_network_unavailable
         self._condition_set = False
+        # The attributes the backend made (before any public-ip-overwrite): what defending
+        # goes back to once an overwrite is gone.
+        self._base: LeaseAttrs | None = None
+        # (name, text | None): a line for /readyz while an API call fails (the daemon wires
+        # it to Readiness.set_detail), None once it works again.
+        self.report: Callable[[str, str | None], None] = lambda name, text: None
 
     async def network_config(self) -> NetworkConfig:
         kv = await self.kube.get(f"{self.prefix}/config")
@@ -88,11 +105,32 @@ class KubeSubnetManager(SubnetManager):
             raise NetworkConfigError(UNSUPPORTED_FIELD, reason)
         return netconf
 
+    async def _call(self, call: Awaitable[T]) -> T:
+        """One API call of our own node's, reported on /readyz while it fails; an API error
+        becomes StoreUnavailableError (retried with backoff, never an exit), its text kept: a
+        403 names the missing permission.  A 404 is raised as it is (the callers say which
+        node is missing)."""
+        try:
+            result = await call
+        except KubeApiError as exc:
+            self.report("kube", f"Kubernetes API: {exc}")
+            if exc.status == 404:
+                raise
+            raise StoreUnavailableError(str(exc)) from None
+        except StoreUnavailableError as exc:
+            self.report("kube", f"Kubernetes API: {exc}")
+            raise
+        self.report("kube", None)
+        return result
+
     async def _node(self) -> dict[str, Any]:
         try:
-            return await self.client.get_node(self.node)
-        except KubeApiError as exc:
-            raise StoreUnavailableError(str(exc)) from None
+            node: dict[str, Any] = await self._call(self.client.get_node(self.node))
+        except KubeApiError as exc:  # 404
+            raise NodeNotFoundError(
+                f"node {self.node} not found ({exc.message}; the node name comes from "
+                "NODE_NAME, or from the spec.nodeName of POD_NAMESPACE/POD_NAME)") from None
+        return node
 
     def _patch(self, attrs: LeaseAttrs, current: Mapping[str, str]) -> dict[str, str]:
         """The annotations that differ from what our lease publishes."""
@@ -111,7 +149,12 @@ class KubeSubnetManager(SubnetManager):
     async def acquire(self, attrs: LeaseAttrs, config: NetworkConfig,
                       previous: IPv4Network | None = None,
                       previous_ipv6: IPv6Network | None = None) -> Lease:
+        self._base = attrs
         node = await self._node()
+        spec = node.get("spec") or {}
+        if isinstance(spec, Mapping) and len(spec.get("podCIDRs") or ()) > 2:
+            raise PodCidrNotAssignedError(f"node {self.node} pod cidrs should be IPv4/IPv6 only "
+                                          f"or dualstack: {spec.get('podCIDRs')}")
         v4, v6 = pod_cidrs(node)
         if v4 is None:
             raise PodCidrNotAssignedError(f"node {self.node} pod cidr not assigned")
@@ -165,23 +208,36 @@ class KubeSubnetManager(SubnetManager):
         if not patch:
             return False
         try:
-            await self.client.patch_node_status(self.node, {"metadata": {"annotations": patch}})
-        except KubeApiError as exc:
-            raise StoreUnavailableError(str(exc)) from None
+            await self._call(self.client.patch_node_status(
+                self.node, {"metadata": {"annotations": patch}}))
+        except KubeApiError as exc:  # 404: the node went away meanwhile
+            raise NodeNotFoundError(str(exc)) from None
+        log_event(log, "node annotations published", node=self.node,
+                  annotations=",".join(sorted(k.rsplit("/", 1)[-1] for k in patch)))
         return True
 
     async def renew(self, lease: Lease) -> Lease:
         return lease  # a node's lease lasts as long as the Node
 
     async def defend(self, lease: Lease) -> tuple[Lease, str]:
-        node = await self._node()
-        v4, _ = pod_cidrs(node)
-        if v4 != lease.subnet:
-            from flanneld.subnet_manager import LeaseLostError
-
+        """Our node's lease changed under us (the watch saw it): our annotations are put back
+        (someone edited them by hand), a ``public-ip-overwrite`` added or removed since is
+        taken as our PublicIP (so the lease we hold is the one the other nodes see: the
+        overwrite wins in the store), and a node whose podCIDR changed or which was deleted
+        has lost its lease (LeaseLostError: the keeper acquires anew, waiting for the Node)."""
+        try:
+            node = await self._node()
+        except NodeNotFoundError as exc:
+            raise LeaseLostError(str(exc)) from None
+        v4, v6 = pod_cidrs(node)
+        if v4 != lease.subnet or (lease.ipv6_subnet is not None and v6 != lease.ipv6_subnet):
             raise LeaseLostError(f"node {self.node}: pod cidr is now {v4} (was {lease.subnet})")
-        changed = await self._publish(lease.attrs, node_annotations(node))
-        return lease, "reasserted" if changed else "kept"
+        current = node_annotations(node)
+        attrs = self._overwrites(self._base or lease.attrs, current)
+        changed = await self._publish(attrs, current)
+        if attrs != lease.attrs:
+            lease = replace(lease, attrs=attrs)
+        return lease, "reasserted" if changed else "intact"
 
     async def datapath_ready(self) -> None:
         """``NetworkUnavailable`` False, reason ``FlannelIsUp`` (once per run)."""
@@ -192,9 +248,10 @@ class KubeSubnetManager(SubnetManager):
                      "message": "Flannel is running on this node",
                      "lastTransitionTime": now, "lastHeartbeatTime": now}
         try:
-            await self.client.patch_node_status(self.node, {"status": {"conditions": [condition]}})
-        except KubeApiError as exc:
-            raise StoreUnavailableError(str(exc)) from None
+            await self._call(self.client.patch_node_status(
+                self.node, {"status": {"conditions": [condition]}}))
+        except KubeApiError as exc:  # 404
+            raise NodeNotFoundError(str(exc)) from None
         self._condition_set = True
         log_event(log, "node condition set", node=self.node, NetworkUnavailable="False",
                   reason="FlannelIsUp")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from netnslab.proc import CommandError, ProcRef, alive, nsexec, signal_proc, spawn, wait_dead
@@ -67,7 +67,10 @@ def running(lab: LabState, node: int) -> ProcRef | None:
     return ref if ref is not None and alive(ref) else None
 
 
-def start(lab: LabState, node: int, extra: Sequence[str] = ()) -> ProcRef:
+def start(lab: LabState, node: int, extra: Sequence[str] = (),
+          env_extra: Mapping[str, str] | None = None) -> ProcRef:
+    """Start the node's flanneld; ``env_extra`` is added to its environment (after the
+    FLANNELD_* filter: e.g. NODE_NAME for a daemon in Kubernetes mode)."""
     if running(lab, node):
         raise CommandError(f"flanneld already running on n{node}")
     lab.node_dir(node).mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,7 @@ def start(lab: LabState, node: int, extra: Sequence[str] = ()) -> ProcRef:
     # FLANNELD_* from the caller's environment would silently change every node's flags.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLANNELD_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(env_extra or {})
     cmd = flanneld_command(lab, node, extra)
     if lab.backend == "wireguard":
         cmd = private_wireguard(wireguard_dir(lab, node), cmd)
