@@ -509,6 +509,28 @@ async def test_a_lost_device_wakes_a_repair_that_makes_it_whole(
     await be.close()
 
 
+async def test_only_the_lower_key_greets_a_new_peer(
+        key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crossing first packets make two handshakes that wireguard-go drops both of: one side
+    (the lower public key) starts it when the peer is added, by repair or by event."""
+    kicked: list[set[Key]] = []
+    monkeypatch.setattr(wgbackend, "kick_handshakes",
+                        lambda peers: kicked.append({p.public_key for p in peers}))
+    be, _, _ = make()
+    own, network = await started(be)
+    high, low = Key(b"\xfe" * 32), Key(b"\x01" * 32)  # ours is 0x85...
+    assert RFC_PRIVATE.public().raw[0] == 0x85
+    await network.repair(book(own, peer(0, key=high), peer(1, key=low)))
+    assert kicked == [{high}]
+    await network.apply({peer(2).subnet: peer(2, key=Key(b"\xfd" * 32))})
+    assert kicked[-1] == {Key(b"\xfd" * 32)}
+    await network.apply({peer(0).subnet: peer(0, key=high, ip="198.18.7.7")})  # a change
+    await network.repair(book(own, peer(0, key=high, ip="198.18.7.7"), peer(1, key=low),
+                              peer(2, key=Key(b"\xfd" * 32))))
+    assert len(kicked) == 2  # no hello for peers already there
+    await be.close()
+
+
 async def test_retire_removes_the_old_address(key_file: Path) -> None:
     be, _, kernel = make()
     _own, network = await started(be)
