@@ -188,7 +188,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flanneld",
-        description="flannel-compatible overlay network daemon (vxlan, host-gw, udp).",
+        description="flannel-compatible overlay network daemon (vxlan, host-gw, udp, wireguard; "
+                    "leases from etcd or, with --kube-subnet-mgr, from the Kubernetes API).",
         epilog=_HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # Go has no abbreviations: --etcd-end is unknown, not --etcd-endpoints

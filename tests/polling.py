@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
@@ -14,3 +15,12 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0, interval: 
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    """``pid`` runs (a zombie or a dead task counts as gone: it is only waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

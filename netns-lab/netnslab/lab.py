@@ -311,10 +311,22 @@ def routes(ns: str, family: int = 4) -> list[dict[str, Any]]:
     return out
 
 
+def wireguard_table(lab: LabState, node: int) -> list[dict[str, Any]]:
+    """What the node's WireGuard devices route: their peers' allowed IPs, as route-like rows
+    (``wg show all allowed-ips``).  A wireguard node's kernel routes say nothing per peer
+    (one route for the whole Network, and the unreachable fallback under it)."""
+    res = run(daemon.wg_command(lab, node, ["show", "all", "allowed-ips"]), check=False)
+    rows = []
+    for line in res.stdout.splitlines():
+        for cidr in line.split()[2:]:
+            rows.append({"dst": cidr, "dev": line.split()[0]})
+    return rows
+
+
 def covered(subnet: IPv4Network | IPv6Network, table: list[dict[str, Any]]) -> bool:
     for r in table:
         dst = r.get("dst", "")
-        if dst in ("", "default") or r.get("dev") == "cni0":
+        if dst in ("", "default") or r.get("dev") == "cni0" or r.get("type") == "unreachable":
             continue
         try:
             net = ip_network(dst if "/" in dst else f"{dst}/{subnet.max_prefixlen}")
@@ -364,13 +376,14 @@ def missing_routes(lab: LabState) -> dict[int, list[IPv4Network | IPv6Network]]:
         if node.bare:
             continue
         mine = own_subnet(lab, i)
-        table = routes(lab.names.node_ns(i))
+        wg = wireguard_table(lab, i) if lab.backend == "wireguard" else None
+        table = wg if wg is not None else routes(lab.names.node_ns(i))
         gaps: list[IPv4Network | IPv6Network] = [
             s for s in subnets if s != mine and not covered(s, table)
         ]
         if subnets6:
             mine6 = own_subnet6(lab, i)
-            table6 = routes(lab.names.node_ns(i), 6)
+            table6 = wg if wg is not None else routes(lab.names.node_ns(i), 6)
             gaps += [s for s in subnets6 if s != mine6 and not covered(s, table6)]
         if gaps:
             out[i] = gaps

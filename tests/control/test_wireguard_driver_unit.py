@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from polling import until
+from polling import process_alive, until
 
 from flanneld.backends.wireguard import drivers, genl, uapi
 from flanneld.backends.wireguard.driver import WireguardDriverError
@@ -38,14 +38,6 @@ from flanneld.backends.wireguard.userspace import UserspaceDriver
 pytestmark = pytest.mark.unit
 
 DEV = "wgt0"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _exists(pid: int) -> bool:
@@ -275,7 +267,7 @@ async def test_start_log_session_and_restart(tmp_path: Path, fake_wg: Path) -> N
     try:
         assert await driver.ensure_device(DEV) is True
         pid = await driver.device_pid(DEV)
-        assert pid is not None and _alive(pid)
+        assert pid is not None and process_alive(pid)
         state = await driver.state(DEV)
         assert state.listen_port == pid  # it is this process that answers
         assert os.getsid(pid) == pid  # a session of its own: the daemon's signals miss it
@@ -288,7 +280,7 @@ async def test_start_log_session_and_restart(tmp_path: Path, fake_wg: Path) -> N
         os.kill(pid, signal.SIGKILL)
         await until(lambda: lost == [DEV])
         new = await driver.device_pid(DEV)
-        assert new is not None and new != pid and _alive(new)
+        assert new is not None and new != pid and process_alive(new)
         assert not _exists(pid)  # reaped, not a zombie
         assert (await driver.state(DEV)).listen_port == new
         assert log.read_text().count("--- ") == 2
@@ -303,7 +295,7 @@ async def test_close_leaves_it_running_and_a_new_driver_attaches(
     pid = await first.device_pid(DEV)
     assert pid is not None
     await first.close()
-    assert _alive(pid)
+    assert process_alive(pid)
     with pytest.raises(WireguardDriverError, match="closed"):
         await first.ensure_device(DEV)
 
@@ -335,7 +327,7 @@ async def test_an_attached_one_that_dies_is_restarted(
         await fake_uapi.stop()
         await until(lambda: lost == [DEV])
         pid = await driver.device_pid(DEV)
-        assert pid is not None and _alive(pid)
+        assert pid is not None and process_alive(pid)
     finally:
         await driver.stop_device(DEV)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polling import until
+from polling import process_alive, until
 
 from flanneld.backends.wireguard.keys import Key
 
@@ -172,21 +172,13 @@ def _set_subreaper(on: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _gone(pid: int) -> bool:
     """A child of ours: reaped now or before; another process: dead.  (A zombie thread group
     leader cannot be reaped until its other threads are gone: wireguard-go has many.)"""
     try:
         reaped, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return not _alive(pid)
+        return not process_alive(pid)
     return reaped == pid
 
 
@@ -364,8 +356,8 @@ async def test_supervision_restarts_and_a_new_driver_attaches(lab: Lab) -> None:
     os.kill(first, signal.SIGKILL)
     await until(lambda: a.call("lost")["events"] == [DEV], timeout=15, interval=0.1)
     second = a.call("pid", ifname=DEV)["pid"]
-    assert second and second != first and _alive(second)
-    assert not _alive(first)
+    assert second and second != first and process_alive(second)
+    assert not process_alive(first)
     state = a.state()
     assert state["public_key"] is None and state["peers"] == []
     assert addresses(ns_a) == []  # the TUN device is new
@@ -378,7 +370,7 @@ async def test_supervision_restarts_and_a_new_driver_attaches(lab: Lab) -> None:
 
     # close() leaves wireguard-go running; a new driver attaches to it
     a.call("close")
-    assert _alive(second)
+    assert process_alive(second)
     a.call("new_driver")
     answer = a.call("ensure", ifname=DEV)
     assert answer == {"ok": True, "created": False, "pid": second}
@@ -386,7 +378,7 @@ async def test_supervision_restarts_and_a_new_driver_attaches(lab: Lab) -> None:
     # the daemon restarts: the node process exits, wireguard-go and the tunnel stay, and the
     # next process (in the same mount namespace) attaches to it
     a.exit()
-    assert _alive(second)
+    assert process_alive(second)
     assert ping(ns_a, POD_IPS[1])
     a2 = lab.join(0, second)
     answer = a2.call("ensure", ifname=DEV)
@@ -402,7 +394,7 @@ async def test_supervision_restarts_and_a_new_driver_attaches(lab: Lab) -> None:
 
     # stop_device terminates it (and the device goes with it)
     assert a2.call("stop", ifname=DEV)["stopped"] is True
-    assert not _alive(third)
+    assert not process_alive(third)
     assert sh("ip", "-j", "link", "show", ns=ns_a).count(f'"{DEV}"') == 0
     assert a2.call("lost")["events"] == [DEV]  # not restarted
 
