@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     ct = add("ctl", "run flannelctl against the lab's etcd: lab ctl -- subnets")
     ct.add_argument("args", nargs=argparse.REMAINDER)
 
-    add("demo", "up 3 nodes with vxlan, ping-all, flannelctl subnets; how to explore and stop")
+    demo = add("demo", "up 3 nodes (vxlan unless --backend), ping-all, flannelctl subnets; how "
+                       "to explore and stop")
+    demo.add_argument("--backend", choices=lab.BACKENDS, default="vxlan")
     return p
 
 
@@ -162,11 +164,11 @@ def _ctl(name: str, args: Sequence[str]) -> int:
     return subprocess.run(nsexec(names.underlay_ns, cmd), check=False).returncode
 
 
-def _demo(name: str) -> int:
+def _demo(name: str, backend: str = "vxlan") -> int:
     if lab.exists(name):
         progress(f"lab {name!r} exists: tearing it down first")
         lab.down(name)
-    lab.up(name, lab.UpOptions(nodes=3, backend="vxlan"))
+    lab.up(name, lab.UpOptions(nodes=3, backend=backend))
     print(lab.status(name))
     print()
     rc = _ping_all(name, 1.0, 2)
@@ -182,7 +184,7 @@ def _demo(name: str) -> int:
 Explore:
   netns-lab/lab{nflag} status                    nodes, leases, pod addresses
   netns-lab/lab{nflag} exec n1 -- ip route       routes flanneld programmed on node 1
-  netns-lab/lab{nflag} exec n1 -- bridge fdb show dev flannel.1
+  {_demo_fabric_line(backend, nflag)}
   netns-lab/lab{nflag} exec n1p1 -- ping -c3 {far}
   netns-lab/lab{nflag} add-node                  a 4th node joins
   netns-lab/lab{nflag} kill-flanneld n2; netns-lab/lab{nflag} start-flanneld n2
@@ -192,6 +194,16 @@ Tear down:
   netns-lab/lab{nflag} down"""
     )
     return rc
+
+
+def _demo_fabric_line(backend: str, nflag: str) -> str:
+    """The demo's "look at the fabric" hint for the backend."""
+    return {
+        "vxlan": f"netns-lab/lab{nflag} exec n1 -- bridge fdb show dev flannel.1",
+        "wireguard": f"netns-lab/lab{nflag} wg n1                     peers, handshakes, "
+                     "transfer (wg show)",
+        "udp": f"netns-lab/lab{nflag} exec n1 -- ip addr show flannel0",
+    }.get(backend, f"netns-lab/lab{nflag} exec n1 -- ip route get 10.244.0.1")
 
 
 def dispatch(a: argparse.Namespace, name: str) -> int:
@@ -282,7 +294,7 @@ def dispatch(a: argparse.Namespace, name: str) -> int:
     if a.cmd == "ctl":
         return _ctl(name, a.args)
     if a.cmd == "demo":
-        return _demo(name)
+        return _demo(name, a.backend)
     raise UsageError("a command is required (see lab --help)")
 
 
