@@ -270,8 +270,11 @@ class WireguardBackend(Backend):
             for dev in self.devices:
                 try:
                     state = await self.driver.state(dev.spec.name)
-                except WireguardDriverError as exc:
+                except WireguardDriverError as exc:  # the repair says what is wrong
                     log.debug("reading %s: %s", dev.spec.name, exc)
+                    continue
+                except Exception:  # a bug must not end the health reads unseen
+                    log.exception("reading the health of %s failed", dev.spec.name)
                     continue
                 self.observe_health(dev, state, time.time())
             await asyncio.sleep(STATS_INTERVAL)
