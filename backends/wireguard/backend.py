@@ -82,7 +82,6 @@ STALLED_AFTER = 180.0
 class WgDevice:
     spec: DeviceSpec
     index: int = 0
-    needs_setup: bool = True  # the device was (or may have been) made anew
 
 
 @dataclass
@@ -195,9 +194,8 @@ class WireguardBackend(Backend):
                           backend_v6_data=data.get(V6, ""))
 
     def _device_lost(self, name: str) -> None:
-        for dev in self.devices:
-            if dev.spec.name == name:
-                dev.needs_setup = True
+        """The driver made the device again (wireguard-go restarted): the repair it wakes
+        finds it without our key and sets everything up again (``setup_device``)."""
         log_event(log, "wireguard device lost and made again; reprogramming it",
                   level=logging.WARNING, device=name)
         self.wake_repair()
@@ -231,7 +229,6 @@ class WireguardBackend(Backend):
                                       f"{outcome.message}", outcome.errno)
                 ops += 1
             dev.index = link.index
-            dev.needs_setup = False
             return ops, state if ops == 0 else None, fresh
 
     async def register_network(self, lease: Lease) -> Network:
