@@ -44,10 +44,7 @@ class LeaseAttrs:
 
     def backend_data_obj(self) -> dict[str, Any]:
         """BackendData decoded; {} when absent or not a JSON object."""
-        if not self.backend_data:
-            return {}
-        obj = json.loads(self.backend_data)
-        return obj if isinstance(obj, dict) else {}
+        return backend_data_object(self.backend_data)
 
     def to_json(self) -> str:
         """The lease value exactly as Go flannel writes it."""
@@ -62,6 +59,15 @@ class LeaseAttrs:
         if self.backend_v6_data:
             parts.append(f'"BackendV6Data":{self.backend_v6_data}')
         return "{" + ",".join(parts) + "}"
+
+
+def backend_data_object(text: str) -> dict[str, Any]:
+    """BackendData (or BackendV6Data) text decoded; {} when absent or not a JSON object;
+    ValueError when it is not JSON."""
+    if not text:
+        return {}
+    obj = json.loads(text)
+    return obj if isinstance(obj, dict) else {}
 
 
 def make_backend_data(obj: dict[str, Any] | None) -> str:

@@ -38,13 +38,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from flanneld.lease import Lease, key_name
+from flanneld.lease import Lease, backend_data_object, key_name
 from flanneld.netops import normalize_mac
 
 
@@ -127,17 +126,9 @@ def public_ipv6_problem(ip: IPv6Address, network: IPv6Network | None = None) -> 
     return None
 
 
-def _data_obj(text: str) -> dict[str, Any]:
-    """Backend data text decoded; {} when absent or not a JSON object; ValueError: not JSON."""
-    if not text:
-        return {}
-    obj = json.loads(text)
-    return obj if isinstance(obj, dict) else {}
-
-
 def _vtep_mac_problem(text: str, field_name: str) -> str | None:
     try:
-        data = _data_obj(text)
+        data = backend_data_object(text)
     except ValueError:
         return f"{field_name}: not JSON"
     raw = data.get("VtepMAC", data.get("vtepmac"))
@@ -166,7 +157,7 @@ def _wireguard_problem(text: str, field_name: str) -> str | None:
     """``{"PublicKey": <44 base64 characters, 32 bytes>, "Port": <0..65535, optional>}``; a
     missing or 0 Port (older Go nodes) means the listen port of our own device."""
     try:
-        data = _data_obj(text)
+        data = backend_data_object(text)
     except ValueError:
         return f"{field_name}: not JSON"
     raw = data.get("PublicKey", data.get("publickey"))

@@ -19,7 +19,6 @@ One public key is one peer on a device: a second lease naming a key that an earl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -27,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.wireguard.keys import BadKeyError, Key
 from flanneld.backends.wireguard.model import Endpoint, PeerConfig, PeerState
-from flanneld.lease import Lease
+from flanneld.lease import Lease, backend_data_object
 from flanneld.netops import IPNetwork
 
 _GO_PRIVATE4 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
@@ -79,13 +78,12 @@ def select_family(device: DeviceSpec, lease: Lease) -> Half:
 
 
 def _data(text: str) -> dict[str, object]:
-    if not text:
-        return {}
+    """Backend data with lower-case keys (Go's decoder matches fields case-insensitively);
+    {} when it is not a JSON object (the lease policy refused such a lease already)."""
     try:
-        obj = json.loads(text)
+        return {k.lower(): v for k, v in backend_data_object(text).items()}
     except ValueError:
         return {}
-    return {k.lower(): v for k, v in obj.items()} if isinstance(obj, dict) else {}
 
 
 def _key_and_port(text: str) -> tuple[Key | None, int]:
