@@ -82,6 +82,7 @@ STALLED_AFTER = 180.0
 class WgDevice:
     spec: DeviceSpec
     index: int = 0
+    observed: float = 0.0  # when its health was last read (time.time())
 
 
 @dataclass
@@ -264,17 +265,24 @@ class WireguardBackend(Backend):
 
     async def _stats_loop(self) -> None:
         while True:
-            for dev in self.devices:
-                try:
-                    state = await self.driver.state(dev.spec.name)
-                except WireguardDriverError as exc:  # the repair says what is wrong
-                    log.debug("reading %s: %s", dev.spec.name, exc)
-                    continue
-                except Exception:  # a bug must not end the health reads unseen
-                    log.exception("reading the health of %s failed", dev.spec.name)
-                    continue
-                self.observe_health(dev, state, time.time())
+            await self.read_health()
             await asyncio.sleep(STATS_INTERVAL)
+
+    async def read_health(self) -> None:
+        """Read each device whose health is older than STATS_INTERVAL (a repair's read of
+        the device serves too: a device with thousands of peers is not read twice)."""
+        for dev in self.devices:
+            if time.time() - dev.observed < STATS_INTERVAL:
+                continue
+            try:
+                state = await self.driver.state(dev.spec.name)
+            except WireguardDriverError as exc:  # the repair says what is wrong
+                log.debug("reading %s: %s", dev.spec.name, exc)
+                continue
+            except Exception:  # a bug must not end the health reads unseen
+                log.exception("reading the health of %s failed", dev.spec.name)
+                continue
+            self.observe_health(dev, state, time.time())
 
     def subnet_of(self, dev: WgDevice, key: Key) -> str:
         for network in self.networks:
@@ -287,6 +295,7 @@ class WireguardBackend(Backend):
         had no handshake for STALLED_AFTER while we kept sending to it, on two reads in a row
         (idle peers do not handshake, so they are not stalled)."""
         name = dev.spec.name
+        dev.observed = now
         seen: dict[Key, PeerHealth] = {}
         for peer in state.peers:
             w = self._watch.setdefault((name, peer.public_key), _Watch(since=now))
@@ -550,6 +559,8 @@ class WireguardNetwork(Network):
                           subnet=lease.subnet, device=dev.spec.name, reason=why)
             ops = plan(desired, state.peers)
             await self._configure(ops)
+            if not ops:  # the read is the device as it is now: it serves the health too
+                wg.observe_health(dev, state, time.time())
             if fresh and self.programmed:
                 # A device made again (wireguard-go restarted) has no sessions: peers that
                 # only send to us would wait for WireGuard's 15 s retry.  Say hello now.

@@ -76,6 +76,7 @@ class FakeDriver:
         self.devices: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, DeviceConfig]] = []
         self.callbacks: list[Callable[[str], None]] = []
+        self.reads = 0
 
     async def ensure_device(self, ifname: str) -> bool:
         if ifname in self.devices:
@@ -106,6 +107,7 @@ class FakeDriver:
 
     async def state(self, ifname: str) -> DeviceState:
         await asyncio.sleep(0)
+        self.reads += 1
         dev = self.devices[ifname]
         peers = tuple(PeerState(k, v["endpoint"], tuple(v["allowed"]), v["psk"], v["keepalive"],
                                 0.0, 0, 0) for k, v in dev["peers"].items())
@@ -596,6 +598,22 @@ def test_a_peer_sent_to_without_handshake_is_stalled_on_two_reads(key_file: Path
     assert by_name["flannel_wireguard_peers_stalled"].samples[0].value == 0
     assert by_name["flannel_wireguard_peer_handshake_age_seconds"].samples[0].value == 5.0
     assert by_name["flannel_wireguard_peer_transmitted_bytes"].samples[0].value == 400
+
+
+async def test_a_repairs_read_of_the_device_serves_the_health(key_file: Path) -> None:
+    be, driver, _ = make()
+    own, network = await started(be)
+    await network.repair(book(own, peer(0), peer(1)))  # read before the peers were set
+    be.health.clear()
+    await network.repair(book(own, peer(0), peer(1)))  # converged: its read is current
+    assert set(be.health["flannel-wg"]) == {peer_key(0), peer_key(1)}
+    reads = driver.reads
+    await be.read_health()  # the repair read it just now: not again
+    assert driver.reads == reads
+    be.devices[0].observed -= wgbackend.STATS_INTERVAL
+    await be.read_health()
+    assert driver.reads == reads + 1
+    await be.close()
 
 
 def test_a_never_handshaken_peer_has_infinite_age(key_file: Path) -> None:
