@@ -257,19 +257,26 @@ def bench_kube(peers: int, changes: int) -> Figures:
             def patch(i: int, ip: IPv4Address) -> tuple[str, str]:
                 return f"p{i:05d}", json.dumps({"metadata": {"annotations": {f"{PREFIX}/public-ip": str(ip)}}})
 
-            res = measure_changes(writer, mons, cond, changes_plan(changes + 1, peers, patch), f"kube/{peers}")
-            fig.p50_ms, fig.p99_ms = figures_of(res)
-            fig.rtt_ms = lc.pct(res.put_rtt, 0.5)
-            fig.lost += res.lost
-            fig.rss_mb = peak_rss_mb(ref)
-            print(f"kube/{peers}: change -> kernel p50 {fig.p50_ms:.1f} ms p99 {fig.p99_ms:.1f} ms "
-                  f"(patch round trip p50 {lc.pct(res.put_rtt, 0.5):.1f} ms), peak RSS {fig.rss_mb:.1f} MB",
-                  flush=True)
+            measure_into(fig, writer, mons, cond, changes_plan(changes + 1, peers, patch), ref,
+                         f"kube/{peers}", "patch")
         finally:
             if writer is not None:
                 writer.close()
             lc.stop_monitors(mons)
     return fig
+
+
+def measure_into(fig: Figures, writer: object, mons: list[lc.NodeMonitor],
+                 cond: threading.Condition, plan: list[lc.Change], ref: ProcRef, label: str,
+                 verb: str) -> None:
+    """The changes of ``plan`` timed to the kernel, and the daemon's peak RSS, into ``fig``."""
+    res = measure_changes(writer, mons, cond, plan, label)
+    fig.p50_ms, fig.p99_ms = figures_of(res)
+    fig.rtt_ms = lc.pct(res.put_rtt, 0.5)
+    fig.lost += res.lost
+    fig.rss_mb = peak_rss_mb(ref)
+    print(f"{label}: change -> kernel p50 {fig.p50_ms:.1f} ms p99 {fig.p99_ms:.1f} ms "
+          f"({verb} round trip p50 {fig.rtt_ms:.1f} ms), peak RSS {fig.rss_mb:.1f} MB", flush=True)
 
 
 def bench_etcd(peers: int, changes: int) -> Figures:
@@ -302,14 +309,8 @@ def bench_etcd(peers: int, changes: int) -> Figures:
                 return (lc.SUBNETS_PREFIX + f"{s.network_address}-{s.prefixlen}",
                         lc.lease_json("vxlan", ip, peer_mac(i)))
 
-            res = measure_changes(writer, mons, cond, changes_plan(changes + 1, peers, put), f"etcd/{peers}")
-            fig.p50_ms, fig.p99_ms = figures_of(res)
-            fig.rtt_ms = lc.pct(res.put_rtt, 0.5)
-            fig.lost += res.lost
-            fig.rss_mb = peak_rss_mb(ref)
-            print(f"etcd/{peers}: change -> kernel p50 {fig.p50_ms:.1f} ms p99 {fig.p99_ms:.1f} ms "
-                  f"(put round trip p50 {lc.pct(res.put_rtt, 0.5):.1f} ms), peak RSS {fig.rss_mb:.1f} MB",
-                  flush=True)
+            measure_into(fig, writer, mons, cond, changes_plan(changes + 1, peers, put), ref,
+                         f"etcd/{peers}", "put")
         finally:
             writer.close()
             lc.stop_monitors(mons)
