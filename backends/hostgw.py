@@ -11,14 +11,14 @@ to it on that segment); otherwise we refuse to start with a message saying so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from ipaddress import IPv4Network
 from typing import ClassVar
 
 from flanneld.backends.base import Backend, BackendContext, Network, one_network
 from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.kernel_network import KernelNetwork
-from flanneld.backends.planner import diff, route_owned_in
+from flanneld.backends.planner import Key, diff, route_owned_in
 from flanneld.errors import ConfigError
 from flanneld.lease import Lease, LeaseAttrs
 from flanneld.netlink import Netlink
@@ -135,6 +135,6 @@ class HostGWNetwork(KernelNetwork[Route]):
     def owns(self, obj: KernelObject) -> bool:
         return self._owns(obj)
 
-    async def observe(self) -> list[KernelObject]:
-        return [r for r in await self.netlink.routes(family=self.half.family)
+    async def observe(self, known: Mapping[Key, KernelObject]) -> list[KernelObject]:
+        return [r for r in await self.netlink.routes(family=self.half.family, known=known)
                 if r.ifindex == self._ext_index]

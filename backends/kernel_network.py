@@ -81,8 +81,10 @@ class KernelNetwork(Network, Generic[S]):
         """Whether an observed object no peer wants is ours to delete."""
 
     @abc.abstractmethod
-    async def observe(self) -> list[KernelObject]:
-        """The kernel objects on this network's devices (the repair's view of the kernel)."""
+    async def observe(self, known: Mapping[Key, KernelObject]) -> list[KernelObject]:
+        """The kernel objects on this network's devices (the repair's view of the kernel);
+        an object equal to one of ``known`` (what the repair wants) is returned as that one
+        (``Netlink.routes``' ``known``)."""
 
     async def before_repair(self) -> tuple[int, bool]:
         """Device-level repair first: (ops it took, whether the kernel lost every entry, e.g.
@@ -155,19 +157,23 @@ class KernelNetwork(Network, Generic[S]):
             before = hit[1] if hit is not None and hit[0] is peer else None
             spec = self.peer_spec(peer, before)
             if spec is not None:
-                objects = hit[2] if hit is not None and spec is before else self.peer_objects(spec)
-                specs[key] = (peer, spec, objects)
+                # Unchanged (same lease, same spec): the peer's entry as it is, objects and all.
+                specs[key] = (hit if hit is not None and spec is before
+                              else (peer, spec, self.peer_objects(spec)))
             if i % self.STEP == 0:
                 await self._pause()
-        observed = await self.observe()
-        desired: list[KernelObject] = []
+        want: dict[Key, KernelObject] = {}  # the desired objects by key, peers in order
         for i, key in enumerate(sorted(specs), 1):
-            desired.extend(specs[key][2])
+            for obj in specs[key][2]:
+                want[obj.key] = obj
             if i % self.STEP == 0:
                 await self._pause()
+        # What the kernel holds as we want it comes back as our own objects (at a restart
+        # too, when nothing was applied yet): no second copy of 15000 objects.
+        observed = await self.observe(want)
         ops: list[Op] = []
         have: dict[Key, KernelObject] = {}
-        for _ in diff_steps(desired, _drain(observed), self.owns, ops, have, self.STEP):
+        for _ in diff_steps(want, _drain(observed), self.owns, ops, have, self.STEP):
             await self._pause()
         # From here to the first netlink call nothing awaits: what events decided meanwhile
         # is folded in at once; each chunk is filtered again just before it is sent, and
@@ -186,8 +192,8 @@ class KernelNetwork(Network, Generic[S]):
         self._peers = specs
         held = have  # what the kernel holds of ours (wanted keys, owned objects)
         for k in touched:
-            if (obj := self._applied.objects.get(k)) is not None:
-                held[k] = obj
+            if (decided := self._applied.objects.get(k)) is not None:
+                held[k] = decided
             else:
                 held.pop(k, None)
         self._applied.objects = held

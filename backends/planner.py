@@ -33,6 +33,7 @@ from flanneld.netops import (
     Replace,
     Route,
 )
+from flanneld.subnets import within
 
 _REPLACE_ORDER = {"addr": 0, "fdb": 1, "neigh": 2, "route": 3, "unreachable": 4}
 _DELETE_ORDER = {"route": 0, "neigh": 1, "fdb": 2, "addr": 3, "unreachable": 4}
@@ -53,7 +54,8 @@ def diff(
     plan of 15000 objects needs no sort; deletes are sorted by key.
     """
     ops: list[Op] = []
-    for _ in diff_steps(desired, observed, owned, ops, {}, step=_NEVER):
+    for _ in diff_steps({obj.key: obj for obj in desired}, observed, owned, ops, {},
+                        step=_NEVER):
         pass
     return ops
 
@@ -62,31 +64,32 @@ _NEVER = 1 << 62
 
 
 def diff_steps(
-    desired: Iterable[KernelObject],
+    want: dict[Key, KernelObject],
     observed: Iterable[KernelObject],
     owned: Callable[[KernelObject], bool],
     out: list[Op],
     have: dict[Key, KernelObject],
     step: int = 1000,
 ) -> Iterator[None]:
-    """``diff`` as steps: yields after every ``step`` objects looked at and leaves the plan in
-    ``out`` and the observed objects that matter (wanted keys, owned) in ``have``, so a
-    caller on the event loop can let lease events go first between steps (a full pass over
-    5000 peers looks at 45000 objects; in one stretch that held events back ~80 ms)."""
-    want: dict[Key, KernelObject] = {}
+    """``diff`` as steps, of the desired objects by key (``want``, in desired order; emptied
+    at the end): yields after every ``step`` objects looked at and leaves the plan in ``out``
+    and the observed objects that matter (wanted keys, owned) in ``have``, so a caller on the
+    event loop can let lease events go first between steps (a full pass over 5000 peers looks
+    at 45000 objects; in one stretch that held events back ~80 ms).  ``want`` made before the
+    kernel is observed is also what the observation may return equal objects as (the
+    applier's ``known``), so the kernel's copies are never held."""
     seen = 0
-    for obj in desired:
-        want[obj.key] = obj
-        seen += 1
-        if seen % step == 0:
-            yield
     for obj in observed:
         key = obj.key
         wanted = want.get(key)
         if wanted is not None:
             # An observed object equal to the desired one is kept as the desired one (which
-            # the caller holds anyway), so the observed copy can be freed at once.
-            have[key] = wanted if wanted == obj else obj
+            # the caller holds anyway), under the desired one's key: the observed copy and
+            # its key's fields can be freed at once.
+            if wanted == obj:
+                have[wanted.key] = wanted
+            else:
+                have[key] = obj
         elif owned(obj):
             have[key] = obj
         seen += 1
@@ -150,15 +153,6 @@ def count_repaired(ops: Sequence[Op], applied: Mapping[Key, KernelObject]) -> in
         elif isinstance(op, Delete):
             repaired += op.obj.key not in applied
     return repaired
-
-
-def within(inner: IPv4Network | IPv6Network, outer: IPv4Network | IPv6Network) -> bool:
-    """``inner.subnet_of(outer)``, False across families."""
-    if isinstance(inner, IPv4Network) and isinstance(outer, IPv4Network):
-        return inner.subnet_of(outer)
-    if isinstance(inner, IPv6Network) and isinstance(outer, IPv6Network):
-        return inner.subnet_of(outer)
-    return False
 
 
 def route_owned_in(

@@ -31,7 +31,7 @@ from flanneld.backends.base import Backend, BackendContext, Network, one_network
 from flanneld.backends.family import V4, V6, Half
 from flanneld.backends.kernel_network import KernelNetwork
 from flanneld.backends.options import OptionReader
-from flanneld.backends.planner import diff, peer_sort_key, plan_address, route_owned_in
+from flanneld.backends.planner import Key, diff, peer_sort_key, plan_address, route_owned_in
 from flanneld.errors import ConfigError, NetworkConfigError
 from flanneld.lease import Lease, LeaseAttrs, make_backend_data
 from flanneld.netlink import KernelError, Netlink
@@ -468,15 +468,17 @@ class VxlanNetwork(KernelNetwork[PeerSpec]):
     def owns(self, obj: KernelObject) -> bool:
         return self._owns(obj)
 
-    async def observe(self) -> list[KernelObject]:
+    async def observe(self, known: Mapping[Key, KernelObject]) -> list[KernelObject]:
         """Main-table routes of the half's family on the device and the external interface,
         the device's neighbours and fdb entries."""
         family, dev = self.half.family, self.device.index
         ifindexes = (dev, self.vxlan.ctx.ext.index)
-        routes = [r for r in await self.netlink.routes(family=family) if r.ifindex in ifindexes]
-        neigh = await self.netlink.neighbours(dev, family=family)
-        fdb = await self.netlink.fdb(dev, family=family)
-        return [*routes, *neigh, *fdb]
+        observed: list[KernelObject] = [
+            r for r in await self.netlink.routes(family=family, known=known)
+            if r.ifindex in ifindexes]
+        observed += await self.netlink.neighbours(dev, family=family, known=known)
+        observed += await self.netlink.fdb(dev, family=family, known=known)
+        return observed
 
 
 def _raise_failed(outcomes: Sequence[Outcome], what: str) -> None:

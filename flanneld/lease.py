@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from ipaddress import (
     AddressValueError,
@@ -113,6 +114,7 @@ def decode_lease_attrs(raw: bytes | str) -> LeaseAttrs:
         btype = ""
     if not isinstance(btype, str):
         raise LeaseDecodeError(f"BackendType: must be a string, got {btype!r}")
+    btype = sys.intern(btype)  # one "vxlan" for 5000 leases, not 5000 (~270 KB)
 
     def raw_json(name: str) -> str:
         value = fields.get(name.lower())

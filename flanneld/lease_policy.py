@@ -45,6 +45,7 @@ from typing import Any
 
 from flanneld.lease import Lease, backend_data_object, key_name
 from flanneld.netops import normalize_mac
+from flanneld.subnets import within
 
 
 class RejectReason(enum.StrEnum):
@@ -233,7 +234,7 @@ class LeasePolicy:
     def check(self, lease: Lease) -> tuple[RejectReason, str] | None:
         """(reason, detail) when ``lease`` must not be used, else None."""
         subnet = lease.subnet
-        if not subnet.subnet_of(self.network):
+        if not within(subnet, self.network):
             return RejectReason.OUTSIDE_NETWORK, f"subnet {subnet} lies outside the Network {self.network}"
         if subnet.prefixlen != self.subnet_len:
             return (RejectReason.WRONG_PREFIX_LENGTH,
@@ -261,7 +262,7 @@ class LeasePolicy:
         subnet = lease.ipv6_subnet
         assert subnet is not None
         half = "IPv6 half: "
-        if not subnet.subnet_of(network):
+        if not within(subnet, network):
             return (RejectReason.OUTSIDE_NETWORK,
                     f"{half}subnet {subnet} lies outside the IPv6Network {network}")
         if subnet.prefixlen != self.ipv6_subnet_len:

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeVar, cast
 
 from flanneld.errors import NetworkConfigError
+from flanneld.subnets import within
 
 DEFAULT_BACKEND = "udp"
 
@@ -80,7 +81,7 @@ class NetworkConfig:
         """True when a lease's subnet is one this config could have handed out."""
         return (
             subnet.prefixlen == self.subnet_len
-            and subnet.subnet_of(self.network)
+            and within(subnet, self.network)
             and self.subnet_min <= subnet.network_address <= self.subnet_max
         )
 
@@ -101,7 +102,7 @@ class NetworkConfig:
         assert self.ipv6_subnet_min is not None and self.ipv6_subnet_max is not None
         return (
             subnet.prefixlen == self.ipv6_subnet_len
-            and subnet.subnet_of(self.ipv6_network)
+            and within(subnet, self.ipv6_network)
             and self.ipv6_subnet_min <= subnet.network_address <= self.ipv6_subnet_max
         )
 
