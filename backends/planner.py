@@ -82,7 +82,9 @@ def diff_steps(
     for obj in observed:
         key = obj.key
         wanted = want.get(key)
-        if wanted is not None:
+        if wanted is obj:  # the observation returned our own object (its ``known``)
+            have[key] = obj
+        elif wanted is not None:
             # An observed object equal to the desired one is kept as the desired one (which
             # the caller holds anyway), under the desired one's key: the observed copy and
             # its key's fields can be freed at once.

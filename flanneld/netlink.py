@@ -139,7 +139,7 @@ __all__ = [
 
 T = TypeVar("T")
 K = TypeVar("K", Route, Neighbour, FdbEntry)
-# Objects by key (what a network applied): observation returns an equal answer as the known one.
+# Objects by key (e.g. what a repair wants): an observed answer equal to one is returned as it.
 Known = Mapping[tuple[Any, ...], KernelObject]
 
 
@@ -492,9 +492,9 @@ class Netlink:
         """Unicast routes of ``table`` with the family's default metric (the ones a planner may
         own: 0 for IPv4; for IPv6 1024, what the kernel gives a route added without one).
 
-        ``known`` (here and in ``neighbours`` and ``fdb``): objects by key, e.g. what was
-        applied; an answer equal to one of them is returned as that object, so a dump of
-        15000 objects that are as applied costs the list, not 15000 new objects."""
+        ``known`` (here and in ``neighbours`` and ``fdb``): objects by key, e.g. what a repair
+        wants; an answer equal to one of them is returned as that object, so a dump of 15000
+        objects that are as wanted costs the list, not 15000 new objects."""
         metric0 = DEFAULT_ROUTE_METRIC[family]
 
         def parse(body: bytes) -> Route | None:
