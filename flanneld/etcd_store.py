@@ -238,6 +238,30 @@ def _explain(detail: str, *, tls: bool, timeout: float = 0.0) -> str:
     return detail
 
 
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raise_if_cancelled() -> None:
+    """A library call returned although this task was asked to stop: give the cancellation
+    back.  aetcd waits for a watch's creation with ``asyncio.wait_for``, which on Python 3.11
+    drops a cancellation that arrives in the same turn as the answer (CPython gh-86296): the
+    task went on, into a watch that never ends (a daemon's shutdown waited for it).  Inside
+    an ``asyncio.timeout`` block, a timeout's own dropped cancellation becomes the block's
+    TimeoutError, as it should."""
+    if _cancel_requested():
+        raise asyncio.CancelledError
+
+
+async def _let_go(watch: Any) -> None:
+    """Cancel a watch on the server, bounded (best effort: the stream may be gone)."""
+    try:
+        await asyncio.wait_for(watch.cancel(), 1)
+    except Exception:
+        log.debug("watch cancel failed", exc_info=True)
+
+
 class EtcdStore:
     """The real lease store.  One instance per process; safe for concurrent use."""
 
@@ -318,6 +342,7 @@ class EtcdStore:
                 # cancelled task would go on issuing requests.
                 async with asyncio.timeout(self._timeout + 1):
                     result = await fn(self._client(index))
+                    _raise_if_cancelled()
             except _PageError:
                 self._observe(op, "error", started)
                 raise
@@ -502,6 +527,9 @@ class EtcdStore:
         try:
             async with asyncio.timeout(self._timeout + 1):
                 watch = await client.watch_prefix(prefix.encode(), start_revision=start_revision)
+                if _cancel_requested():
+                    await _let_go(watch)
+                    _raise_if_cancelled()
         except etcd_exc.RevisionCompactedError as exc:
             raise CompactedError(int(exc.compacted_revision)) from None
         except (*_RETRYABLE, etcd_exc.ClientError, rpc.AioRpcError) as exc:
@@ -520,10 +548,7 @@ class EtcdStore:
             self._current = (index + 1) % len(self._endpoints)
             raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]} broke: {exc}") from None
         finally:
-            try:
-                await asyncio.wait_for(watch.cancel(), 1)
-            except Exception:
-                log.debug("watch cancel failed", exc_info=True)
+            await _let_go(watch)
         # The server ended the stream without an error: treat it as a disconnect.
         raise StoreUnavailableError(f"etcd watch on {self._endpoints[index]} ended")
 
