@@ -44,9 +44,13 @@ class GaveUpError(FlannelError):
 
 
 async def wait_or_stop(event: asyncio.Event, delay: float | None) -> None:
-    """Sleep ``delay`` seconds, or less when ``event`` is set."""
+    """Sleep ``delay`` seconds (None: no limit), or less when ``event`` is set.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 wait_for drops a cancellation that
+    arrives as the event is set (CPython gh-86296), and the sleeper would go on."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), delay)
+        async with asyncio.timeout(delay):
+            await event.wait()
 
 
 async def retry(

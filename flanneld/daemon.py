@@ -29,7 +29,7 @@ from flanneld import __version__
 from flanneld.atomic import check_writable_path
 from flanneld.backends import backend_class
 from flanneld.backends.base import Backend, BackendContext, ExternalInterface, Network
-from flanneld.backoff import retry
+from flanneld.backoff import retry, wait_or_stop
 from flanneld.config import DaemonConfig
 from flanneld.config_watch import ConfigWatcher
 from flanneld.endpoints import etcd_addresses
@@ -485,8 +485,7 @@ class Daemon:
         try:
             while True:
                 timeout = None if repair is not None else max(0.0, self._next_full - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), timeout)
+                await wait_or_stop(self._dirty, timeout)
                 self._dirty.clear()
                 if repair is not None and repair.done():
                     repair.result()  # an unexpected error ends the loop (the task died)

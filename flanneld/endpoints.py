@@ -25,7 +25,7 @@ async def etcd_addresses(endpoints: str) -> set[Any]:
         except ValueError:
             pass
         with contextlib.suppress(OSError, TimeoutError):
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), 2.0)
+            async with asyncio.timeout(2.0):  # not wait_for: see backoff.wait_or_stop
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             out.update(ipaddress.ip_address(info[4][0]) for info in infos)
     return out

@@ -688,7 +688,8 @@ class KubeClient:
         if self._closed:
             raise KubeUnavailableError(f"{what}: client closed")
         try:
-            reader, writer = await asyncio.wait_for(self._open(), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):  # not wait_for: see backoff.py
+                reader, writer = await self._open()
         except TimeoutError:
             raise KubeUnavailableError(
                 f"{what}: apiserver {self.config.server} did not accept a connection within "
