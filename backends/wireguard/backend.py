@@ -73,6 +73,9 @@ STATS_INTERVAL = 10.0
 # gives a route added without one).
 FALLBACK_METRIC = 4096
 HELLO_PORT = 9  # discard: a datagram to a peer's device address makes WireGuard handshake
+# Seconds after which the higher key greets a new peer that has not greeted it (``_greet``):
+# well past a hello's round trip, well before WireGuard's own retry at 5 s.
+GREET_FALLBACK = 1.0
 # A peer we keep sending to without a completed handshake for this long is "stalled"
 # (WireGuard rejects session keys after 180 s: a working peer with traffic handshakes sooner).
 STALLED_AFTER = 180.0
@@ -251,11 +254,8 @@ class WireguardBackend(Backend):
 
     async def close(self) -> None:
         """Stop reading stats and supervising; devices, keys and peers stay."""
-        if self._stats is not None:
-            self._stats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stats
-            self._stats = None
+        await _stop(self._stats)
+        self._stats = None
         if self._driver is not None:
             await self._driver.close()
         if self._owns_netlink:
@@ -320,6 +320,14 @@ class WireguardBackend(Backend):
 
     def metrics_collector(self) -> Collector:
         return HealthCollector(self)
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task of ours and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def kick_handshakes(peers: Iterable[PeerConfig]) -> int:
@@ -399,6 +407,9 @@ class WireguardNetwork(Network):
         self.programmed: dict[Key, tuple[Lease, PeerConfig]] = {}
         self._key_of: dict[IPv4Network, Key] = {}
         self._lock = asyncio.Lock()
+        # New peers of a lower key, to greet if they have not greeted us (see ``_greet``).
+        self._unanswered: set[Key] = set()
+        self._fallback: asyncio.Task[None] | None = None
 
     @property
     def peer_count(self) -> int:
@@ -462,6 +473,7 @@ class WireguardNetwork(Network):
         network's repair converges the peers)."""
         from flanneld.netops import Address, Delete
 
+        await self.close()  # no hellos from a network that is gone
         dev = self.device
         await self.wg.netlink.apply([
             Delete(Address(dev.index, subnet.network_address, half.host_prefix))
@@ -493,12 +505,43 @@ class WireguardNetwork(Network):
         """Start the handshake with new peers from one side only: the node whose public key
         is the lower one.  Two nodes whose first packets cross start two handshakes at once,
         and wireguard-go then drops both answers and waits 5 s (REKEY_TIMEOUT) to try again
-        (measured in the lab: both directions silent for 5 s after start, 2 runs in 5)."""
+        (measured in the lab: both directions silent for 5 s after start, 2 runs in 5).
+
+        That hello can come too early, though: a node that joins publishes its lease before
+        it programs its peers, so the hello of a node that saw the lease at once finds no
+        peer there, is dropped, and is tried again only after those 5 s (a lab test's first
+        ping between two nodes failed 4 runs in 6).  So the higher key greets too, after
+        GREET_FALLBACK, each of its new peers it has had no handshake with: it has sent that
+        peer nothing yet, so its hello goes out at once and crosses nothing."""
         assert self.wg.public_key is not None
         own = self.wg.public_key.raw
         mine = [op for op in added if own < op.public_key.raw]
         if mine:
             kick_handshakes(mine)
+        theirs = {op.public_key for op in added if own > op.public_key.raw}
+        if theirs:
+            self._unanswered |= theirs
+            if self._fallback is None or self._fallback.done():
+                self._fallback = asyncio.create_task(self._greet_unanswered(),
+                                                     name=f"{self.device.spec.name}-greet")
+
+    async def _greet_unanswered(self) -> None:
+        await asyncio.sleep(GREET_FALLBACK)
+        keys, self._unanswered = self._unanswered, set()
+        try:
+            state = await self.wg.driver.state(self.device.spec.name)
+        except WireguardDriverError as exc:  # a repair will find out what is wrong
+            log.debug("reading %s for the hellos: %s", self.device.spec.name, exc)
+            return
+        silent = [self.programmed[p.public_key][1] for p in state.peers
+                  if p.public_key in keys and not p.last_handshake
+                  and p.public_key in self.programmed]
+        if silent:
+            kick_handshakes(silent)
+
+    async def close(self) -> None:
+        await _stop(self._fallback)
+        self._fallback = None
 
     def _change(self, subnet: IPv4Network, lease: Lease | None, own: Key) -> list[PeerConfig]:
         old_key = self._key_of.get(subnet)

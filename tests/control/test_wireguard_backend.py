@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 
 from flanneld.backends import backend_class
 from flanneld.backends.base import BackendContext, ExternalInterface, StackedNetwork
@@ -110,7 +111,7 @@ class FakeDriver:
         self.reads += 1
         dev = self.devices[ifname]
         peers = tuple(PeerState(k, v["endpoint"], tuple(v["allowed"]), v["psk"], v["keepalive"],
-                                0.0, 0, 0) for k, v in dev["peers"].items())
+                                v.get("handshake", 0.0), 0, 0) for k, v in dev["peers"].items())
         public = dev["private"].public() if dev["private"] is not None else None
         return DeviceState(public, dev["port"], peers)
 
@@ -530,6 +531,32 @@ async def test_only_the_lower_key_greets_a_new_peer(
     await network.repair(book(own, peer(0, key=high, ip="198.18.7.7"), peer(1, key=low),
                               peer(2, key=Key(b"\xfd" * 32))))
     assert len(kicked) == 2  # no hello for peers already there
+    await be.close()
+
+
+async def test_the_higher_key_greets_a_new_peer_that_has_not_greeted_it(
+        key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lower key's hello can come too early: a node that joins publishes its lease before
+    it programs its peers, so the hello of a node that saw the lease at once finds no peer
+    and is dropped, and WireGuard tries again only after 5 s.  So the other side greets, after
+    GREET_FALLBACK, each new peer it has had no handshake with (it has sent that peer
+    nothing yet: its hello goes out at once, and crosses nothing)."""
+    kicked: list[set[Key]] = []
+    monkeypatch.setattr(wgbackend, "kick_handshakes",
+                        lambda peers: kicked.append({p.public_key for p in peers}))
+    monkeypatch.setattr(wgbackend, "GREET_FALLBACK", 0.05)
+    be, driver, _ = make()
+    own, network = await started(be)
+    low, answered, gone = Key(b"\x01" * 32), Key(b"\x02" * 32), Key(b"\x03" * 32)
+    assert RFC_PRIVATE.public().raw[0] == 0x85  # higher than all three
+    await network.repair(book(own, peer(0, key=low), peer(1, key=answered), peer(2, key=gone)))
+    assert kicked == []  # theirs to greet first
+    driver.devices["flannel-wg"]["peers"][answered]["handshake"] = 1.7e9  # they did
+    await network.apply({peer(2).subnet: None})  # removed meanwhile
+    await until(lambda: bool(kicked), 2.0)
+    assert kicked == [{low}]
+    await asyncio.sleep(0.2)
+    assert kicked == [{low}]  # once
     await be.close()
 
 
