@@ -526,18 +526,19 @@ class WireguardNetwork(Network):
                                                      name=f"{self.device.spec.name}-greet")
 
     async def _greet_unanswered(self) -> None:
-        await asyncio.sleep(GREET_FALLBACK)
-        keys, self._unanswered = self._unanswered, set()
-        try:
-            state = await self.wg.driver.state(self.device.spec.name)
-        except WireguardDriverError as exc:  # a repair will find out what is wrong
-            log.debug("reading %s for the hellos: %s", self.device.spec.name, exc)
-            return
-        silent = [self.programmed[p.public_key][1] for p in state.peers
-                  if p.public_key in keys and not p.last_handshake
-                  and p.public_key in self.programmed]
-        if silent:
-            kick_handshakes(silent)
+        while self._unanswered:  # peers added while the device was read: one more round
+            await asyncio.sleep(GREET_FALLBACK)
+            keys, self._unanswered = self._unanswered, set()
+            try:
+                state = await self.wg.driver.state(self.device.spec.name)
+            except WireguardDriverError as exc:  # a repair will find out what is wrong
+                log.debug("reading %s for the hellos: %s", self.device.spec.name, exc)
+                continue
+            silent = [self.programmed[p.public_key][1] for p in state.peers
+                      if p.public_key in keys and not p.last_handshake
+                      and p.public_key in self.programmed]
+            if silent:
+                kick_handshakes(silent)
 
     async def close(self) -> None:
         await _stop(self._fallback)

@@ -560,6 +560,30 @@ async def test_the_higher_key_greets_a_new_peer_that_has_not_greeted_it(
     await be.close()
 
 
+async def test_a_peer_added_while_the_hellos_read_the_device_is_greeted_next_round(
+        key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kicked: list[set[Key]] = []
+    monkeypatch.setattr(wgbackend, "kick_handshakes",
+                        lambda peers: kicked.append({p.public_key for p in peers}))
+    monkeypatch.setattr(wgbackend, "GREET_FALLBACK", 0.05)
+    be, driver, _ = make()
+    own, network = await started(be)
+    first, second = Key(b"\x01" * 32), Key(b"\x02" * 32)
+    await network.repair(book(own, peer(0, key=first)))
+    real_state, event = driver.state, [peer(1, key=second)]
+
+    async def state(ifname: str) -> DeviceState:
+        if event:  # the first round's read: a lease event arrives meanwhile
+            lease = event.pop()
+            await network.apply({lease.subnet: lease})
+        return await real_state(ifname)
+
+    driver.state = state  # type: ignore[method-assign]
+    await until(lambda: len(kicked) == 2, 2.0)
+    assert kicked == [{first}, {second}]
+    await be.close()
+
+
 async def test_retire_removes_the_old_address(key_file: Path) -> None:
     be, _, kernel = make()
     _own, network = await started(be)
