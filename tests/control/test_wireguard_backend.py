@@ -534,6 +534,15 @@ async def test_only_the_lower_key_greets_a_new_peer(
     await be.close()
 
 
+def hellos(monkeypatch: pytest.MonkeyPatch) -> list[set[Key]]:
+    """The peers of each hello sent, with the higher key's fallback after 50 ms."""
+    kicked: list[set[Key]] = []
+    monkeypatch.setattr(wgbackend, "kick_handshakes",
+                        lambda peers: kicked.append({p.public_key for p in peers}))
+    monkeypatch.setattr(wgbackend, "GREET_FALLBACK", 0.05)
+    return kicked
+
+
 async def test_the_higher_key_greets_a_new_peer_that_has_not_greeted_it(
         key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lower key's hello can come too early: a node that joins publishes its lease before
@@ -541,11 +550,7 @@ async def test_the_higher_key_greets_a_new_peer_that_has_not_greeted_it(
     and is dropped, and WireGuard tries again only after 5 s.  So the other side greets, after
     GREET_FALLBACK, each new peer it has had no handshake with (it has sent that peer
     nothing yet: its hello goes out at once, and crosses nothing)."""
-    kicked: list[set[Key]] = []
-    monkeypatch.setattr(wgbackend, "kick_handshakes",
-                        lambda peers: kicked.append({p.public_key for p in peers}))
-    monkeypatch.setattr(wgbackend, "GREET_FALLBACK", 0.05)
-    be, driver, _ = make()
+    kicked, (be, driver, _) = hellos(monkeypatch), make()
     own, network = await started(be)
     low, answered, gone = Key(b"\x01" * 32), Key(b"\x02" * 32), Key(b"\x03" * 32)
     assert RFC_PRIVATE.public().raw[0] == 0x85  # higher than all three
@@ -562,11 +567,7 @@ async def test_the_higher_key_greets_a_new_peer_that_has_not_greeted_it(
 
 async def test_a_peer_added_while_the_hellos_read_the_device_is_greeted_next_round(
         key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kicked: list[set[Key]] = []
-    monkeypatch.setattr(wgbackend, "kick_handshakes",
-                        lambda peers: kicked.append({p.public_key for p in peers}))
-    monkeypatch.setattr(wgbackend, "GREET_FALLBACK", 0.05)
-    be, driver, _ = make()
+    kicked, (be, driver, _) = hellos(monkeypatch), make()
     own, network = await started(be)
     first, second = Key(b"\x01" * 32), Key(b"\x02" * 32)
     await network.repair(book(own, peer(0, key=first)))
