@@ -534,6 +534,7 @@ class WireguardNetwork(Network):
             except WireguardDriverError as exc:  # a repair will find out what is wrong
                 log.debug("reading %s for the hellos: %s", self.device.spec.name, exc)
                 continue
+            self.wg.observe_health(self.device, state, time.time())  # one read serves both
             silent = [self.programmed[p.public_key][1] for p in state.peers
                       if p.public_key in keys and not p.last_handshake
                       and p.public_key in self.programmed]

@@ -558,8 +558,12 @@ async def test_the_higher_key_greets_a_new_peer_that_has_not_greeted_it(
     assert kicked == []  # theirs to greet first
     driver.devices["flannel-wg"]["peers"][answered]["handshake"] = 1.7e9  # they did
     await network.apply({peer(2).subnet: None})  # removed meanwhile
+    be.devices[0].observed = 0.0  # health not read lately
     await until(lambda: bool(kicked), 2.0)
     assert kicked == [{low}]
+    reads = driver.reads
+    await be.read_health()
+    assert driver.reads == reads  # the hellos' read of the device served the health too
     await asyncio.sleep(0.2)
     assert kicked == [{low}]  # once
     await be.close()
