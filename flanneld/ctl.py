@@ -43,6 +43,7 @@ from typing import Any
 from flanneld import __version__
 from flanneld.errors import ConfigError, FlannelError, LeaseDecodeError
 from flanneld.lease import LeaseAttrs, config_key, parse_subnet_key, subnet_key, subnets_prefix
+from flanneld.subnets import overlaps
 
 # flag -> (default, help)
 _ETCD_FLAGS: dict[str, tuple[str, str]] = {
@@ -571,13 +572,13 @@ async def reserve(store: Any, prefix: str, endpoints: str, subnet: IPv4Network,
     book.load(snap.kvs, snap.revision)
     for other_subnet, lease in book.accepted.items():
         holder_key = book.key_of(other_subnet)
-        if holder_key != key and other_subnet.overlaps(subnet):
+        if holder_key != key and overlaps(other_subnet, subnet):
             raise Refused(
                 f"{what}: it would overlap the lease of key {key_name(holder_key or '')} (PublicIP "
                 f"{lease.attrs.public_ip}), which the daemons keep (the first holder wins); "
                 "release that key first (--force does not replace another key)")
     for rejection in book.rejected.values():
-        if rejection.lease is not None and rejection.key != key and rejection.lease.subnet.overlaps(subnet):
+        if rejection.lease is not None and rejection.key != key and overlaps(rejection.lease.subnet, subnet):
             _warn(f"key {rejection.name} overlaps {subnet}; the daemons ignore it "
                   f"({rejection.reason.value}: {rejection.detail})")
     elsewhere = sorted(str(lease.subnet) for lease in book.accepted.values()

@@ -527,9 +527,9 @@ class EtcdStore:
         try:
             async with asyncio.timeout(self._timeout + 1):
                 watch = await client.watch_prefix(prefix.encode(), start_revision=start_revision)
-                if _cancel_requested():
+                if _cancel_requested():  # see _raise_if_cancelled
                     await _let_go(watch)
-                    _raise_if_cancelled()
+                    raise asyncio.CancelledError
         except etcd_exc.RevisionCompactedError as exc:
             raise CompactedError(int(exc.compacted_revision)) from None
         except (*_RETRYABLE, etcd_exc.ClientError, rpc.AioRpcError) as exc:

@@ -43,6 +43,7 @@ from flanneld.logging_setup import log_event
 from flanneld.netconfig import UNSUPPORTED_FIELD, NetworkConfig, parse_network_config, unsupported_reason
 from flanneld.rejection_log import RejectionLog
 from flanneld.store import KeyValue, LeaseStore, Snapshot
+from flanneld.subnets import overlaps
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class SubnetManager:
                 other, other6 = parse_subnet_key(kv.key)
             except LeaseDecodeError:
                 continue
-            if other.overlaps(subnet) or (other6 is not None and other6.overlaps(ipv6_subnet)):
+            if overlaps(other, subnet) or (other6 is not None and overlaps(other6, ipv6_subnet)):
                 return kv.key.rsplit("/", 1)[-1]
         return None
 
